@@ -1,0 +1,11 @@
+//! Host-independent logic of the Scrim filter.
+//!
+//! Nothing here imports proxy-wasm or reads the clock: every decision is a function of its
+//! inputs and an injected `now` (seconds since the Unix epoch), so each one is unit-tested
+//! natively and the wasm crate only moves bytes and headers.
+//!
+//! - [`config`]: the plugin configuration as written (`RawConfig`) and compiled (`Config`).
+//! - [`auth`]: JWT verification against per-issuer key sets, the verified-token cache.
+//! - [`jwks`]: parsing a JWKS document into keys usable for verification.
+//! - [`credential`]: which headers to drop and which to set towards the upstream.
+//! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
