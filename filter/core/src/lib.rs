@@ -7,5 +7,13 @@
 //! - [`config`]: the plugin configuration as written (`RawConfig`) and compiled (`Config`).
 //! - [`auth`]: JWT verification against per-issuer key sets, the verified-token cache.
 //! - [`jwks`]: parsing a JWKS document into keys usable for verification.
+//! - [`keystore`]: per-VM key sets and when to fetch them again.
 //! - [`credential`]: which headers to drop and which to set towards the upstream.
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
+
+pub mod auth;
+pub mod config;
+pub mod credential;
+pub mod errors;
+pub mod jwks;
+pub mod keystore;

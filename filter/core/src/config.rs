@@ -1,0 +1,377 @@
+//! Plugin configuration: the JSON an operator writes (`RawConfig`) and the checked, compiled
+//! form the filter runs with (`Config`).
+//!
+//! `compile` is the only way to get a `Config`; it checks every field and every reference and
+//! names the offending field on error, so the filter refuses to start on a bad file instead of
+//! failing on a request. The field docs below are the user documentation of the schema.
+
+use crate::jwks::KeySet;
+use serde::Deserialize;
+
+/// The plugin configuration as written (the `configuration` string of the Envoy wasm filter).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Identity providers whose tokens are accepted. At least one.
+    pub issuers: Vec<RawIssuer>,
+    /// Groups whose members may use the gateway; a caller needs at least one of them.
+    /// `"*"` admits every caller with a valid token. At least one entry.
+    pub allowed_groups: Vec<String>,
+    /// Claim holding the caller's groups: a top-level claim name (`groups`, `cognito:groups`,
+    /// `https://example.com/groups`) or a dotted path into nested objects
+    /// (`realm_access.roles`). A string or an array of strings. Default `groups`.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds. Default 60, at most 600.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Where the caller's token is read from, in order: `authorization` (a `Bearer` token, what
+    /// `ANTHROPIC_AUTH_TOKEN` sends) and/or `x-api-key` (what `ANTHROPIC_API_KEY` sends).
+    /// Default both. Whatever is configured, every caller credential header is removed.
+    #[serde(default = "default_token_sources")]
+    pub token_sources: Vec<TokenSource>,
+    /// How the service key is injected towards the upstream.
+    #[serde(default)]
+    pub upstream_credential: RawUpstreamCredential,
+    /// Verified tokens kept so repeat requests skip the signature check, per VM. When full,
+    /// expired entries are dropped first, then the ones expiring soonest. 0 disables the
+    /// cache. Default 1024, at most 1,000,000.
+    #[serde(default = "default_cache_entries")]
+    pub token_cache_entries: usize,
+    /// Timing of key-set fetches.
+    #[serde(default)]
+    pub jwks: RawJwksTiming,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    /// The exact `iss` value of this provider's tokens.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them. At least one entry.
+    pub audiences: Vec<String>,
+    /// Where this provider publishes its JWKS (`http://` or `https://`). Fetched through
+    /// `jwks_cluster`. Exactly one of `jwks_uri` and `jwks` is given.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The Envoy cluster that reaches `jwks_uri`'s host. Required with `jwks_uri`.
+    #[serde(default)]
+    pub jwks_cluster: Option<String>,
+    /// Keys given inline as a JWKS object (`{"keys": [...]}`), never refreshed.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenSource {
+    Authorization,
+    XApiKey,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamCredential {
+    /// Name of the Envoy process environment variable holding the service key; it must be
+    /// listed in the VM's `environment_variables.host_env_keys`. Default `ANTHROPIC_API_KEY`.
+    /// The filter refuses to start when it is unset or empty.
+    #[serde(default = "default_key_env")]
+    pub env: String,
+    /// Header that carries the key upstream. Default `x-api-key`.
+    #[serde(default = "default_key_header")]
+    pub header: String,
+    /// Text put before the key in that header, e.g. `"Bearer "`. Default empty.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+impl Default for RawUpstreamCredential {
+    fn default() -> Self {
+        RawUpstreamCredential {
+            env: default_key_env(),
+            header: default_key_header(),
+            prefix: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwksTiming {
+    /// Seconds between scheduled refreshes of every fetched key set. Default 300, at least 5.
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+    /// Seconds between retries while an issuer has no keys yet (IdP down at start): requests
+    /// for it get 503 until a fetch succeeds. Default 2, at least 1.
+    #[serde(default = "default_retry")]
+    pub retry_seconds: u64,
+    /// Least seconds between two fetches triggered by a token with an unknown `kid` (so a
+    /// flood of forged `kid`s cannot hammer the IdP). Default 10.
+    #[serde(default = "default_unknown_kid")]
+    pub unknown_kid_refetch_seconds: u64,
+    /// Timeout of one fetch in milliseconds. Default 5000, between 100 and 60000.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout_ms: u64,
+}
+
+impl Default for RawJwksTiming {
+    fn default() -> Self {
+        RawJwksTiming {
+            refresh_seconds: default_refresh(),
+            retry_seconds: default_retry(),
+            unknown_kid_refetch_seconds: default_unknown_kid(),
+            fetch_timeout_ms: default_fetch_timeout(),
+        }
+    }
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_leeway() -> u64 {
+    60
+}
+fn default_token_sources() -> Vec<TokenSource> {
+    vec![TokenSource::Authorization, TokenSource::XApiKey]
+}
+fn default_cache_entries() -> usize {
+    1024
+}
+fn default_key_env() -> String {
+    "ANTHROPIC_API_KEY".into()
+}
+fn default_key_header() -> String {
+    "x-api-key".into()
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_retry() -> u64 {
+    2
+}
+fn default_unknown_kid() -> u64 {
+    10
+}
+fn default_fetch_timeout() -> u64 {
+    5000
+}
+
+/// A configuration error; `field` is the path of the offending field, e.g.
+/// `issuers[0].jwks_uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid configuration: {}", self.message)
+        } else {
+            write!(f, "invalid configuration: field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), message: message.into() }
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Remote(JwksEndpoint),
+    Inline(KeySet),
+}
+
+/// A JWKS URL split into what `dispatch_http_call` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksEndpoint {
+    pub cluster: String,
+    pub scheme: String,
+    pub authority: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamCredential {
+    pub env: String,
+    pub header: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksTiming {
+    pub refresh_seconds: u64,
+    pub retry_seconds: u64,
+    pub unknown_kid_refetch_seconds: u64,
+    pub fetch_timeout_ms: u64,
+}
+
+/// The checked configuration the filter runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub issuers: Vec<Issuer>,
+    pub allowed_groups: Vec<String>,
+    pub any_group: bool,
+    pub groups_claim: String,
+    pub leeway_seconds: u64,
+    pub token_sources: Vec<TokenSource>,
+    pub upstream_credential: UpstreamCredential,
+    pub token_cache_entries: usize,
+    pub jwks: JwksTiming,
+}
+
+impl Config {
+    /// Parses and compiles the plugin configuration string.
+    pub fn from_json(json: &[u8]) -> Result<Config, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            err(field, e.into_inner().to_string())
+        })?;
+        compile(raw)
+    }
+}
+
+fn parse_jwks_uri(uri: &str, cluster: String) -> Result<JwksEndpoint, String> {
+    let (scheme, rest) = uri
+        .split_once("://")
+        .ok_or_else(|| "must be an absolute http:// or https:// URL".to_string())?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("scheme `{scheme}` is not http or https"));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err("needs a host and no user info".into());
+    }
+    Ok(JwksEndpoint {
+        cluster,
+        scheme: scheme.into(),
+        authority: authority.into(),
+        path: path.into(),
+    })
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Checks every field of a raw configuration and builds the configuration the filter runs with.
+pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.issuers.is_empty() {
+        return Err(err("issuers", "at least one issuer is required"));
+    }
+    let mut issuers = Vec::with_capacity(raw.issuers.len());
+    for (i, iss) in raw.issuers.into_iter().enumerate() {
+        let at = |f: &str| format!("issuers[{i}].{f}");
+        if iss.issuer.is_empty() {
+            return Err(err(at("issuer"), "must not be empty"));
+        }
+        if issuers.iter().any(|known: &Issuer| known.issuer == iss.issuer) {
+            return Err(err(at("issuer"), format!("`{}` is listed twice", iss.issuer)));
+        }
+        if iss.audiences.is_empty() || iss.audiences.iter().any(String::is_empty) {
+            return Err(err(at("audiences"), "needs at least one non-empty audience"));
+        }
+        let keys = match (iss.jwks_uri, iss.jwks_cluster, iss.jwks) {
+            (Some(uri), Some(cluster), None) => {
+                if cluster.is_empty() {
+                    return Err(err(at("jwks_cluster"), "must not be empty"));
+                }
+                KeySource::Remote(parse_jwks_uri(&uri, cluster).map_err(|m| err(at("jwks_uri"), m))?)
+            }
+            (Some(_), None, None) => {
+                return Err(err(at("jwks_cluster"), "is required with `jwks_uri`"));
+            }
+            (None, None, Some(doc)) => {
+                let bytes = serde_json::to_vec(&doc).map_err(|e| err(at("jwks"), e.to_string()))?;
+                KeySource::Inline(KeySet::parse(&bytes).map_err(|e| err(at("jwks"), e.to_string()))?)
+            }
+            (None, Some(_), None) => {
+                return Err(err(at("jwks_uri"), "is required with `jwks_cluster`"));
+            }
+            (None, None, None) => {
+                return Err(err(at("jwks_uri"), "either `jwks_uri` or inline `jwks` is required"));
+            }
+            (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {
+                return Err(err(at("jwks"), "give either `jwks_uri` or inline `jwks`, not both"));
+            }
+        };
+        issuers.push(Issuer { issuer: iss.issuer, audiences: iss.audiences, keys });
+    }
+
+    if raw.allowed_groups.is_empty() || raw.allowed_groups.iter().any(String::is_empty) {
+        return Err(err("allowed_groups", "needs at least one non-empty group (or \"*\")"));
+    }
+    let any_group = raw.allowed_groups.iter().any(|g| g == "*");
+    if raw.groups_claim.is_empty() {
+        return Err(err("groups_claim", "must not be empty"));
+    }
+    if raw.leeway_seconds > 600 {
+        return Err(err("leeway_seconds", "at most 600"));
+    }
+    if raw.token_sources.is_empty() {
+        return Err(err("token_sources", "at least one of \"authorization\", \"x-api-key\""));
+    }
+    let cred = raw.upstream_credential;
+    if cred.env.is_empty() {
+        return Err(err("upstream_credential.env", "must name an environment variable"));
+    }
+    if !is_header_name(&cred.header) {
+        return Err(err("upstream_credential.header", "must be a lowercase header name"));
+    }
+    if cred.prefix.bytes().any(|b| b.is_ascii_control()) {
+        return Err(err("upstream_credential.prefix", "must not hold control characters"));
+    }
+    if raw.token_cache_entries > 1_000_000 {
+        return Err(err("token_cache_entries", "at most 1000000"));
+    }
+    let t = raw.jwks;
+    if t.refresh_seconds < 5 {
+        return Err(err("jwks.refresh_seconds", "at least 5"));
+    }
+    if t.retry_seconds < 1 {
+        return Err(err("jwks.retry_seconds", "at least 1"));
+    }
+    if !(100..=60_000).contains(&t.fetch_timeout_ms) {
+        return Err(err("jwks.fetch_timeout_ms", "between 100 and 60000"));
+    }
+    Ok(Config {
+        issuers,
+        allowed_groups: raw.allowed_groups,
+        any_group,
+        groups_claim: raw.groups_claim,
+        leeway_seconds: raw.leeway_seconds,
+        token_sources: raw.token_sources,
+        upstream_credential: UpstreamCredential {
+            env: cred.env,
+            header: cred.header,
+            prefix: cred.prefix,
+        },
+        token_cache_entries: raw.token_cache_entries,
+        jwks: JwksTiming {
+            refresh_seconds: t.refresh_seconds,
+            retry_seconds: t.retry_seconds,
+            unknown_kid_refetch_seconds: t.unknown_kid_refetch_seconds,
+            fetch_timeout_ms: t.fetch_timeout_ms,
+        },
+    })
+}

@@ -1,0 +1,82 @@
+//! The filter's counters, shown in Envoy's `/stats` as `wasmcustom.scrim.*`.
+//!
+//! Envoy keeps one stat per name for the whole process, so the per-VM ids below all count
+//! into the same figures.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+use scrim_core::auth::AuthError;
+use std::collections::HashMap;
+
+/// What happened to a request, for `scrim.requests.<decision>`.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision {
+    Allowed,
+    Unauthenticated,
+    Forbidden,
+    Unavailable,
+}
+
+impl Decision {
+    fn name(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::Forbidden => "forbidden",
+            Decision::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ids: HashMap<String, u32>,
+}
+
+impl Metrics {
+    /// Defines every counter up front so all of them show in `/stats` from the start, at 0.
+    pub fn define() -> Metrics {
+        let mut names: Vec<String> = [
+            Decision::Allowed,
+            Decision::Unauthenticated,
+            Decision::Forbidden,
+            Decision::Unavailable,
+        ]
+        .iter()
+        .map(|d| format!("scrim.requests.{}", d.name()))
+        .collect();
+        names.extend(AuthError::REASONS.iter().map(|r| format!("scrim.jwt_failures.{r}")));
+        names.extend(["scrim.jwks.refresh_ok", "scrim.jwks.refresh_failed"].map(String::from));
+        names.extend(["scrim.token_cache.hit", "scrim.token_cache.miss"].map(String::from));
+        let mut ids = HashMap::new();
+        for name in names {
+            // A host that refuses a metric only loses that figure; requests still work.
+            if let Ok(id) = hostcalls::define_metric(MetricType::Counter, &name) {
+                ids.insert(name, id);
+            }
+        }
+        Metrics { ids }
+    }
+
+    fn bump(&self, name: &str) {
+        if let Some(id) = self.ids.get(name) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    pub fn decision(&self, d: Decision) {
+        self.bump(&format!("scrim.requests.{}", d.name()));
+    }
+
+    pub fn jwt_failure(&self, e: &AuthError) {
+        self.bump(&format!("scrim.jwt_failures.{}", e.reason()));
+    }
+
+    pub fn jwks_refresh(&self, ok: bool) {
+        self.bump(if ok { "scrim.jwks.refresh_ok" } else { "scrim.jwks.refresh_failed" });
+    }
+
+    pub fn token_cache(&self, hit: bool) {
+        self.bump(if hit { "scrim.token_cache.hit" } else { "scrim.token_cache.miss" });
+    }
+}
