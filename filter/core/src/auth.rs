@@ -415,3 +415,195 @@ impl TokenCache {
         self.entries.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    /// A token whose signature is never checked here: claim rules are tested on their own.
+    fn unsigned(header: serde_json::Value, claims: serde_json::Value) -> String {
+        let e = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!("{}.{}.c2ln", e(&header), e(&claims))
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({"iss": "https://idp", "aud": "scrim", "sub": "alice", "email": "alice@example.com",
+               "groups": ["eng", "ops"], "iat": NOW - 10, "nbf": NOW - 10, "exp": NOW + 600})
+    }
+
+    fn check(claims: serde_json::Value, now: u64) -> Result<Identity, AuthError> {
+        let token = unsigned(json!({"alg": "RS256", "kid": "k1"}), claims);
+        let parsed = parse_token(&token)?;
+        parsed.check_claims(&["scrim".to_string()], "groups", 60, now)
+    }
+
+    fn with(key: &str, value: serde_json::Value) -> serde_json::Value {
+        let mut c = claims();
+        c[key] = value;
+        c
+    }
+
+    fn without(key: &str) -> serde_json::Value {
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove(key);
+        c
+    }
+
+    #[test]
+    fn valid_claims_give_the_identity() {
+        let id = check(claims(), NOW).unwrap();
+        assert_eq!(id.subject, "alice");
+        assert_eq!(id.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(id.issuer, "https://idp");
+        assert_eq!(id.groups, vec!["eng", "ops"]);
+        assert_eq!(id.expires_at, NOW + 600);
+    }
+
+    #[test]
+    fn expired_token_is_rejected_after_the_leeway() {
+        assert!(check(with("exp", json!(NOW - 59)), NOW).is_ok(), "inside the 60 s leeway");
+        assert_eq!(check(with("exp", json!(NOW - 60)), NOW), Err(AuthError::Expired { at: NOW - 60 }));
+    }
+
+    #[test]
+    fn not_yet_valid_token_is_rejected_beyond_the_leeway() {
+        assert!(check(with("nbf", json!(NOW + 60)), NOW).is_ok(), "inside the leeway");
+        assert_eq!(
+            check(with("nbf", json!(NOW + 61)), NOW),
+            Err(AuthError::NotYetValid { from: NOW + 61 })
+        );
+    }
+
+    #[test]
+    fn token_issued_in_the_future_is_rejected() {
+        assert!(check(with("iat", json!(NOW + 60)), NOW).is_ok());
+        assert_eq!(check(with("iat", json!(NOW + 61)), NOW), Err(AuthError::IssuedInFuture));
+    }
+
+    #[test]
+    fn token_without_exp_aud_or_sub_is_rejected() {
+        assert_eq!(check(without("exp"), NOW), Err(AuthError::MissingClaim("exp")));
+        assert_eq!(check(without("aud"), NOW), Err(AuthError::MissingClaim("aud")));
+        assert_eq!(check(without("sub"), NOW), Err(AuthError::MissingClaim("sub")));
+        assert_eq!(check(with("sub", json!("")), NOW), Err(AuthError::MissingClaim("sub")));
+    }
+
+    #[test]
+    fn audience_must_match_one_configured_value() {
+        assert!(check(with("aud", json!(["other", "scrim"])), NOW).is_ok());
+        assert_eq!(check(with("aud", json!("other")), NOW), Err(AuthError::WrongAudience));
+        assert_eq!(check(with("aud", json!(["a", "b"])), NOW), Err(AuthError::WrongAudience));
+        assert_eq!(check(with("aud", json!(7)), NOW), Err(AuthError::WrongAudience));
+    }
+
+    #[test]
+    fn time_claims_must_be_numbers() {
+        assert!(matches!(check(with("exp", json!("soon")), NOW), Err(AuthError::Malformed(_))));
+        assert!(check(with("exp", json!((NOW + 5) as f64 + 0.5)), NOW).is_ok(), "fractional seconds");
+    }
+
+    #[test]
+    fn none_and_hmac_algorithms_are_not_accepted() {
+        for alg in ["none", "HS256", "HS384", "HS512", "RS1", ""] {
+            let token = unsigned(json!({"alg": alg}), claims());
+            assert_eq!(
+                parse_token(&token).err(),
+                Some(AuthError::AlgorithmNotAccepted(alg.to_string())),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected_before_any_key_is_used() {
+        let good = unsigned(json!({"alg": "ES256"}), claims());
+        let cases = [
+            ("two parts", "a.b".to_string()),
+            ("four parts", format!("{good}.x")),
+            ("not base64", "!!.!!.!!".to_string()),
+            ("empty signature", good.rsplit_once('.').unwrap().0.to_string() + "."),
+            ("critical extension", unsigned(json!({"alg": "ES256", "crit": ["b64"]}), claims())),
+            ("payload not an object", unsigned(json!({"alg": "ES256"}), json!([1]))),
+            ("too long", "a".repeat(MAX_TOKEN_BYTES + 1)),
+        ];
+        for (name, token) in cases {
+            assert!(matches!(parse_token(&token), Err(AuthError::Malformed(_))), "{name}");
+        }
+    }
+
+    #[test]
+    fn groups_are_read_from_names_paths_strings_and_arrays() {
+        let c = json!({
+            "groups": "solo",
+            "realm_access": {"roles": ["admin", 3, "eng"]},
+            "cognito:groups": ["pool"],
+            "https://example.com/groups": ["namespaced"],
+            "a.b": ["dotted-name"], "a": {"b": ["dotted-path"]}
+        });
+        let m = c.as_object().unwrap();
+        assert_eq!(read_groups(m, "groups"), vec!["solo"]);
+        assert_eq!(read_groups(m, "realm_access.roles"), vec!["admin", "eng"]);
+        assert_eq!(read_groups(m, "cognito:groups"), vec!["pool"]);
+        assert_eq!(read_groups(m, "https://example.com/groups"), vec!["namespaced"]);
+        assert_eq!(read_groups(m, "a.b"), vec!["dotted-name"], "a full claim name wins over a path");
+        assert!(read_groups(m, "missing.path").is_empty());
+    }
+
+    #[test]
+    fn token_is_read_from_the_configured_sources_in_order() {
+        use TokenSource::*;
+        let both = [Authorization, XApiKey];
+        assert_eq!(extract_token(&both, Some("Bearer abc"), Some("xyz")), Some("abc"));
+        assert_eq!(extract_token(&both, Some("bearer  abc "), None), Some("abc"));
+        assert_eq!(extract_token(&both, Some("Basic abc"), Some("xyz")), Some("xyz"));
+        assert_eq!(extract_token(&both, None, Some(" xyz ")), Some("xyz"));
+        assert_eq!(extract_token(&[Authorization], None, Some("xyz")), None);
+        assert_eq!(extract_token(&[XApiKey], Some("Bearer abc"), None), None);
+        assert_eq!(extract_token(&both, Some("Bearer "), Some("")), None);
+    }
+
+    fn identity(exp: u64) -> Identity {
+        Identity {
+            subject: "s".into(),
+            email: None,
+            issuer: "i".into(),
+            groups: vec![],
+            expires_at: exp,
+        }
+    }
+
+    #[test]
+    fn cached_token_expires_with_the_token() {
+        let mut cache = TokenCache::new(8);
+        cache.insert("t", identity(NOW + 10), 60, NOW);
+        assert!(cache.get("t", 60, NOW + 69).is_some());
+        assert!(cache.get("t", 60, NOW + 70).is_none());
+        assert!(cache.is_empty(), "an expired entry is dropped on lookup");
+    }
+
+    #[test]
+    fn full_cache_evicts_expired_then_soonest_expiring() {
+        let mut cache = TokenCache::new(2);
+        cache.insert("old", identity(NOW - 100), 0, NOW - 200);
+        cache.insert("late", identity(NOW + 900), 0, NOW);
+        cache.insert("new", identity(NOW + 100), 0, NOW);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("old", 0, NOW).is_none());
+        cache.insert("newest", identity(NOW + 500), 0, NOW);
+        assert!(cache.get("new", 0, NOW).is_none(), "soonest expiring evicted");
+        assert!(cache.get("late", 0, NOW).is_some());
+        assert!(cache.get("newest", 0, NOW).is_some());
+    }
+
+    #[test]
+    fn zero_capacity_cache_keeps_nothing() {
+        let mut cache = TokenCache::new(0);
+        cache.insert("t", identity(NOW + 10), 0, NOW);
+        assert!(cache.get("t", 0, NOW).is_none());
+    }
+}

@@ -375,3 +375,98 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> serde_json::Value {
+        json!({
+            "issuers": [{
+                "issuer": "https://idp.example",
+                "audiences": ["scrim"],
+                "jwks_uri": "https://idp.example/.well-known/jwks.json",
+                "jwks_cluster": "idp_jwks"
+            }],
+            "allowed_groups": ["eng"]
+        })
+    }
+
+    fn compile_json(v: &serde_json::Value) -> Result<Config, ConfigError> {
+        Config::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = compile_json(&base()).unwrap();
+        assert_eq!(c.leeway_seconds, 60);
+        assert_eq!(c.groups_claim, "groups");
+        assert_eq!(c.token_sources, vec![TokenSource::Authorization, TokenSource::XApiKey]);
+        assert_eq!(c.upstream_credential.env, "ANTHROPIC_API_KEY");
+        assert_eq!(c.upstream_credential.header, "x-api-key");
+        assert_eq!(c.token_cache_entries, 1024);
+        assert_eq!(c.jwks.refresh_seconds, 300);
+        let KeySource::Remote(ep) = &c.issuers[0].keys else { panic!("expected remote keys") };
+        assert_eq!(
+            ep,
+            &JwksEndpoint {
+                cluster: "idp_jwks".into(),
+                scheme: "https".into(),
+                authority: "idp.example".into(),
+                path: "/.well-known/jwks.json".into(),
+            }
+        );
+    }
+
+    /// Each case breaks one field; the error must name that field.
+    #[test]
+    fn invalid_fields_are_named_in_the_error() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+            ("unknown top-level field", Box::new(|v| v["lewway"] = json!(5)), "lewway"),
+            ("unknown issuer field", Box::new(|v| v["issuers"][0]["audience"] = json!("x")), "issuers[0].audience"),
+            ("wrong type", Box::new(|v| v["issuers"][0]["audiences"] = json!("scrim")), "issuers[0].audiences"),
+            ("no issuers", Box::new(|v| v["issuers"] = json!([])), "issuers"),
+            ("empty audiences", Box::new(|v| v["issuers"][0]["audiences"] = json!([])), "issuers[0].audiences"),
+            ("bad jwks scheme", Box::new(|v| v["issuers"][0]["jwks_uri"] = json!("ftp://x/jwks")), "issuers[0].jwks_uri"),
+            ("uri without cluster", Box::new(|v| { v["issuers"][0].as_object_mut().unwrap().remove("jwks_cluster"); }), "issuers[0].jwks_cluster"),
+            ("uri and inline", Box::new(|v| v["issuers"][0]["jwks"] = json!({"keys": []})), "issuers[0].jwks"),
+            ("inline without usable key", Box::new(|v| {
+                let o = v["issuers"][0].as_object_mut().unwrap();
+                o.remove("jwks_uri"); o.remove("jwks_cluster");
+                o.insert("jwks".into(), json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}));
+            }), "issuers[0].jwks"),
+            ("duplicate issuer", Box::new(|v| { let i = v["issuers"][0].clone(); v["issuers"].as_array_mut().unwrap().push(i); }), "issuers[1].issuer"),
+            ("no groups", Box::new(|v| v["allowed_groups"] = json!([])), "allowed_groups"),
+            ("leeway too large", Box::new(|v| v["leeway_seconds"] = json!(601)), "leeway_seconds"),
+            ("unknown token source", Box::new(|v| v["token_sources"] = json!(["cookie"])), "token_sources[0]"),
+            ("bad key header", Box::new(|v| v["upstream_credential"] = json!({"header": "X Api Key"})), "upstream_credential.header"),
+            ("refresh too short", Box::new(|v| v["jwks"] = json!({"refresh_seconds": 1})), "jwks.refresh_seconds"),
+            ("timeout out of range", Box::new(|v| v["jwks"] = json!({"fetch_timeout_ms": 5})), "jwks.fetch_timeout_ms"),
+        ];
+        for (name, breakage, field) in cases {
+            let mut v = base();
+            breakage(&mut v);
+            let e = compile_json(&v).expect_err(name);
+            assert_eq!(e.field, field, "{name}: {e}");
+            if name == "unknown top-level field" {
+                assert!(e.message.contains("lewway"), "{name}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn star_admits_any_group() {
+        let mut v = base();
+        v["allowed_groups"] = json!(["*"]);
+        assert!(compile_json(&v).unwrap().any_group);
+        assert!(!compile_json(&base()).unwrap().any_group);
+    }
+
+    #[test]
+    fn jwks_uri_without_path_uses_root() {
+        let ep = parse_jwks_uri("http://127.0.0.1:9000", "c".into()).unwrap();
+        assert_eq!((ep.authority.as_str(), ep.path.as_str()), ("127.0.0.1:9000", "/"));
+        assert!(parse_jwks_uri("http://user@host/jwks", "c".into()).is_err());
+    }
+}

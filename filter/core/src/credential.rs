@@ -52,3 +52,36 @@ pub fn header_plan(cred: &UpstreamCredential, key: &ServiceKey) -> HeaderPlan {
     remove.extend_from_slice(UPSTREAM_UNWANTED_HEADERS);
     HeaderPlan { remove, set: vec![(cred.header.clone(), format!("{}{}", cred.prefix, key.0))] }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(prefix: &str) -> UpstreamCredential {
+        UpstreamCredential { env: "E".into(), header: "x-api-key".into(), prefix: prefix.into() }
+    }
+
+    #[test]
+    fn plan_removes_every_caller_credential_and_sets_the_key() {
+        let key = ServiceKey::new("sk-test-123\n").unwrap();
+        let plan = header_plan(&cred("Bearer "), &key);
+        for h in ["authorization", "x-api-key", "proxy-authorization", "accept-encoding"] {
+            assert!(plan.remove.contains(&h), "{h}");
+        }
+        assert_eq!(plan.set, vec![("x-api-key".to_string(), "Bearer sk-test-123".to_string())]);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let key = ServiceKey::new("sk-test-secret-value").unwrap();
+        let plan = header_plan(&cred(""), &key);
+        assert!(!format!("{key:?} {plan:?}").contains("secret-value"));
+    }
+
+    #[test]
+    fn empty_or_unsafe_keys_are_refused() {
+        assert!(ServiceKey::new("  \n").is_none());
+        assert!(ServiceKey::new("sk with space").is_none());
+        assert!(ServiceKey::new("sk\u{7f}").is_none());
+    }
+}

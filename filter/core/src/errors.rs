@@ -48,3 +48,51 @@ impl From<&AuthError> for Refusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(r: &'a Refusal, name: &str) -> Option<&'a str> {
+        r.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn refusals_use_the_anthropic_error_shape() {
+        let r = Refusal::from(&AuthError::BadSignature);
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert_eq!(body["error"]["message"], "the token's signature is invalid");
+        assert_eq!(r.status, 401);
+        assert_eq!(header(&r, "content-type"), Some("application/json"));
+        assert_eq!(header(&r, "www-authenticate"), Some(r#"Bearer realm="scrim", error="invalid_token""#));
+    }
+
+    #[test]
+    fn only_an_expired_token_and_missing_keys_invite_a_retry() {
+        let cases = [
+            (AuthError::Expired { at: 1 }, 401, None),
+            (AuthError::KeysUnavailable { issuer: "i".into() }, 503, None),
+            (AuthError::BadSignature, 401, Some("false")),
+            (AuthError::WrongAudience, 401, Some("false")),
+            (AuthError::MissingToken, 401, Some("false")),
+            (AuthError::NoPermittedGroup { subject: "s".into() }, 403, Some("false")),
+        ];
+        for (e, status, retry) in cases {
+            let r = Refusal::from(&e);
+            assert_eq!(r.status, status, "{e:?}");
+            assert_eq!(header(&r, "x-should-retry"), retry, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn forbidden_and_unavailable_use_their_error_types() {
+        let t = |e: AuthError| {
+            let v: serde_json::Value = serde_json::from_str(&Refusal::from(&e).body).unwrap();
+            v["error"]["type"].as_str().unwrap().to_string()
+        };
+        assert_eq!(t(AuthError::NoPermittedGroup { subject: "s".into() }), "permission_error");
+        assert_eq!(t(AuthError::KeysUnavailable { issuer: "i".into() }), "api_error");
+    }
+}

