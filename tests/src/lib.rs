@@ -1,1 +1,9 @@
+//! Test and development servers for Scrim.
+//!
+//! - [`keys`]: signing keys that mint JWTs and publish their JWKs.
+//! - [`idp`]: [`idp::DevIdp`], a minimal OIDC provider serving discovery and a JWKS built
+//!   from those keys, and [`idp::DevIdentity`], a persistent key pair for `make run`.
+//! - [`stand_in`]: [`stand_in::ClaudeStandIn`], a local Anthropic Messages API that records
+//!   every request and can hold a stream open mid-response.
 
+pub mod keys;
