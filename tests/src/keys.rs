@@ -25,7 +25,11 @@ pub enum KeyError {
     /// The random source or the key encoder failed.
     Generate { alg: Algorithm, reason: String },
     /// A stored PEM did not parse as a PKCS#8 private key of the stated algorithm.
-    InvalidPem { kid: String, alg: Algorithm, reason: String },
+    InvalidPem {
+        kid: String,
+        alg: Algorithm,
+        reason: String,
+    },
 }
 
 impl fmt::Display for KeyError {
@@ -34,9 +38,14 @@ impl fmt::Display for KeyError {
             KeyError::UnsupportedAlgorithm(alg) => {
                 write!(f, "unsupported signing algorithm {alg:?}: only RSA, ECDSA and EdDSA keys can be published")
             }
-            KeyError::Generate { alg, reason } => write!(f, "generating a {alg:?} key failed: {reason}"),
+            KeyError::Generate { alg, reason } => {
+                write!(f, "generating a {alg:?} key failed: {reason}")
+            }
             KeyError::InvalidPem { kid, alg, reason } => {
-                write!(f, "key {kid:?} is not a valid PKCS#8 {alg:?} private key: {reason}")
+                write!(
+                    f,
+                    "key {kid:?} is not a valid PKCS#8 {alg:?} private key: {reason}"
+                )
             }
         }
     }
@@ -67,7 +76,10 @@ pub struct SigningKey {
 // Keeps the private key out of test failure output.
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,21 +120,30 @@ impl SigningKey {
         let lf = rsa::pkcs8::LineEnding::LF;
         let pem = match family(alg)? {
             Family::Rsa => {
-                let key = rsa::RsaPrivateKey::new(&mut OsRng, 2048).map_err(|e| fail(e.to_string()))?;
-                key.to_pkcs8_pem(lf).map_err(|e| fail(e.to_string()))?.to_string()
+                let key =
+                    rsa::RsaPrivateKey::new(&mut OsRng, 2048).map_err(|e| fail(e.to_string()))?;
+                key.to_pkcs8_pem(lf)
+                    .map_err(|e| fail(e.to_string()))?
+                    .to_string()
             }
-            Family::P256 => {
-                p256::SecretKey::random(&mut OsRng).to_pkcs8_pem(lf).map_err(|e| fail(e.to_string()))?.to_string()
-            }
-            Family::P384 => {
-                p384::SecretKey::random(&mut OsRng).to_pkcs8_pem(lf).map_err(|e| fail(e.to_string()))?.to_string()
-            }
+            Family::P256 => p256::SecretKey::random(&mut OsRng)
+                .to_pkcs8_pem(lf)
+                .map_err(|e| fail(e.to_string()))?
+                .to_string(),
+            Family::P384 => p384::SecretKey::random(&mut OsRng)
+                .to_pkcs8_pem(lf)
+                .map_err(|e| fail(e.to_string()))?
+                .to_string(),
             Family::Ed25519 => ed25519_dalek::SigningKey::generate(&mut OsRng)
                 .to_pkcs8_pem(lf)
                 .map_err(|e| fail(e.to_string()))?
                 .to_string(),
         };
-        SigningKey::from_stored(StoredKey { kid: kid.to_string(), alg, pkcs8_pem: pem })
+        SigningKey::from_stored(StoredKey {
+            kid: kid.to_string(),
+            alg,
+            pkcs8_pem: pem,
+        })
     }
 
     /// Rebuilds a key from its stored form, checking that the PEM fits the algorithm.
@@ -130,11 +151,20 @@ impl SigningKey {
         use rsa::pkcs1::EncodeRsaPrivateKey as _;
         use rsa::traits::PublicKeyParts as _;
 
-        let StoredKey { kid, alg, pkcs8_pem } = stored;
-        let invalid = |reason: String| KeyError::InvalidPem { kid: kid.clone(), alg, reason };
+        let StoredKey {
+            kid,
+            alg,
+            pkcs8_pem,
+        } = stored;
+        let invalid = |reason: String| KeyError::InvalidPem {
+            kid: kid.clone(),
+            alg,
+            reason,
+        };
         let (encoding, key_fields) = match family(alg)? {
             Family::Rsa => {
-                let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pkcs8_pem).map_err(|e| invalid(e.to_string()))?;
+                let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pkcs8_pem)
+                    .map_err(|e| invalid(e.to_string()))?;
                 // jsonwebtoken's RustCrypto backend reads RSA keys as PKCS#1, not PKCS#8.
                 let der = key.to_pkcs1_der().map_err(|e| invalid(e.to_string()))?;
                 let fields = json!({
@@ -145,24 +175,38 @@ impl SigningKey {
                 (EncodingKey::from_rsa_der(der.as_bytes()), fields)
             }
             Family::P256 => {
-                let key = p256::SecretKey::from_pkcs8_pem(&pkcs8_pem).map_err(|e| invalid(e.to_string()))?;
+                let key = p256::SecretKey::from_pkcs8_pem(&pkcs8_pem)
+                    .map_err(|e| invalid(e.to_string()))?;
                 let der = key.to_pkcs8_der().map_err(|e| invalid(e.to_string()))?;
-                let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
-                let (x, y) = point.x().zip(point.y()).ok_or_else(|| invalid("public point is the identity".into()))?;
+                let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
+                    &key.public_key(),
+                    false,
+                );
+                let (x, y) = point
+                    .x()
+                    .zip(point.y())
+                    .ok_or_else(|| invalid("public point is the identity".into()))?;
                 let fields = json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)});
                 (EncodingKey::from_ec_der(der.as_bytes()), fields)
             }
             Family::P384 => {
-                let key = p384::SecretKey::from_pkcs8_pem(&pkcs8_pem).map_err(|e| invalid(e.to_string()))?;
+                let key = p384::SecretKey::from_pkcs8_pem(&pkcs8_pem)
+                    .map_err(|e| invalid(e.to_string()))?;
                 let der = key.to_pkcs8_der().map_err(|e| invalid(e.to_string()))?;
-                let point = p384::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
-                let (x, y) = point.x().zip(point.y()).ok_or_else(|| invalid("public point is the identity".into()))?;
+                let point = p384::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
+                    &key.public_key(),
+                    false,
+                );
+                let (x, y) = point
+                    .x()
+                    .zip(point.y())
+                    .ok_or_else(|| invalid("public point is the identity".into()))?;
                 let fields = json!({"kty": "EC", "crv": "P-384", "x": b64(x), "y": b64(y)});
                 (EncodingKey::from_ec_der(der.as_bytes()), fields)
             }
             Family::Ed25519 => {
-                let key =
-                    ed25519_dalek::SigningKey::from_pkcs8_pem(&pkcs8_pem).map_err(|e| invalid(e.to_string()))?;
+                let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pkcs8_pem)
+                    .map_err(|e| invalid(e.to_string()))?;
                 let der = key.to_pkcs8_der().map_err(|e| invalid(e.to_string()))?;
                 let fields = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(key.verifying_key().as_bytes())});
                 (EncodingKey::from_ed_der(der.as_bytes()), fields)
@@ -173,12 +217,22 @@ impl SigningKey {
         public_jwk["kid"] = json!(kid);
         public_jwk["alg"] = alg_name(alg);
         public_jwk["use"] = json!("sig");
-        Ok(SigningKey { kid, alg, pkcs8_pem, encoding, public_jwk })
+        Ok(SigningKey {
+            kid,
+            alg,
+            pkcs8_pem,
+            encoding,
+            public_jwk,
+        })
     }
 
     /// The stored form, for keeping the key on disk.
     pub fn to_stored(&self) -> StoredKey {
-        StoredKey { kid: self.kid.clone(), alg: self.alg, pkcs8_pem: self.pkcs8_pem.clone() }
+        StoredKey {
+            kid: self.kid.clone(),
+            alg: self.alg,
+            pkcs8_pem: self.pkcs8_pem.clone(),
+        }
     }
 
     pub fn kid(&self) -> &str {
@@ -249,7 +303,8 @@ mod tests {
             let header = jsonwebtoken::decode_header(&token).expect("header");
             assert_eq!(header.kid.as_deref(), Some(key.kid()), "{alg:?}");
             assert_eq!(header.alg, alg);
-            let verified = verify(&token, &key.public_jwk(), alg).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            let verified =
+                verify(&token, &key.public_jwk(), alg).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
             assert_eq!(verified["sub"], "alice", "{alg:?}");
         }
     }
@@ -262,7 +317,10 @@ mod tests {
             assert_eq!(jwk["kid"], "k1");
             assert_eq!(jwk["alg"], alg_name(alg));
             assert_eq!(jwk["use"], "sig");
-            assert!(jwk.get("d").is_none(), "{alg:?} JWK must not carry the private part");
+            assert!(
+                jwk.get("d").is_none(),
+                "{alg:?} JWK must not carry the private part"
+            );
         }
     }
 
@@ -270,15 +328,26 @@ mod tests {
     fn token_from_another_key_does_not_verify() {
         let signer = SigningKey::generate(Algorithm::ES256, "a").expect("generate");
         let other = SigningKey::generate(Algorithm::ES256, "a").expect("generate");
-        assert!(verify(&signer.mint(&claims()), &other.public_jwk(), Algorithm::ES256).is_err());
+        assert!(verify(
+            &signer.mint(&claims()),
+            &other.public_jwk(),
+            Algorithm::ES256
+        )
+        .is_err());
     }
 
     #[test]
     fn stored_key_round_trips_to_the_same_public_key() {
-        for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ] {
             let key = SigningKey::generate(alg, "stored").expect("generate");
             let json = serde_json::to_string(&key.to_stored()).expect("serialise");
-            let back = SigningKey::from_stored(serde_json::from_str(&json).expect("parse")).expect("load");
+            let back =
+                SigningKey::from_stored(serde_json::from_str(&json).expect("parse")).expect("load");
             assert_eq!(back.public_jwk(), key.public_jwk());
             assert!(verify(&back.mint(&claims()), &key.public_jwk(), alg).is_ok());
         }
@@ -286,15 +355,24 @@ mod tests {
 
     #[test]
     fn stored_key_with_the_wrong_algorithm_is_refused() {
-        let ec = SigningKey::generate(Algorithm::ES256, "ec").expect("generate").to_stored();
-        let err = SigningKey::from_stored(StoredKey { alg: Algorithm::RS256, ..ec }).unwrap_err();
+        let ec = SigningKey::generate(Algorithm::ES256, "ec")
+            .expect("generate")
+            .to_stored();
+        let err = SigningKey::from_stored(StoredKey {
+            alg: Algorithm::RS256,
+            ..ec
+        })
+        .unwrap_err();
         assert!(matches!(err, KeyError::InvalidPem { .. }), "{err}");
     }
 
     #[test]
     fn hmac_algorithms_are_refused() {
         let err = SigningKey::generate(Algorithm::HS256, "h").unwrap_err();
-        assert!(matches!(err, KeyError::UnsupportedAlgorithm(Algorithm::HS256)));
+        assert!(matches!(
+            err,
+            KeyError::UnsupportedAlgorithm(Algorithm::HS256)
+        ));
     }
 
     #[test]
@@ -304,7 +382,12 @@ mod tests {
             SigningKey::generate(Algorithm::EdDSA, "two").expect("generate"),
         ];
         let jwks = jwks_json(&keys);
-        let kids: Vec<_> = jwks["keys"].as_array().expect("array").iter().map(|k| k["kid"].clone()).collect();
+        let kids: Vec<_> = jwks["keys"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|k| k["kid"].clone())
+            .collect();
         assert_eq!(kids, [json!("one"), json!("two")]);
         let parsed: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).expect("a valid JWKS");
         assert_eq!(parsed.keys.len(), 2);

@@ -6,4 +6,7 @@
 //! - [`stand_in`]: [`stand_in::ClaudeStandIn`], a local Anthropic Messages API that records
 //!   every request and can hold a stream open mid-response.
 
+pub mod idp;
 pub mod keys;
+mod server;
+pub mod stand_in;
