@@ -10,6 +10,7 @@
 //! - [`keystore`]: per-VM key sets and when to fetch them again.
 //! - [`credential`]: which headers to drop and which to set towards the upstream.
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
+//! - [`audit`]: the audit record schema shared with the recorder.
 
 pub mod auth;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod credential;
 pub mod errors;
 pub mod jwks;
 pub mod keystore;
+pub mod audit;
