@@ -10,6 +10,8 @@
 //! - [`keystore`]: per-VM key sets and when to fetch them again.
 //! - [`credential`]: which headers to drop and which to set towards the upstream.
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
+//! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
+//! - [`mask`]: one-shot masking of a text with a `RuleSet`.
 //! - [`audit`]: the audit record schema shared with the recorder.
 
 pub mod auth;
@@ -19,3 +21,5 @@ pub mod errors;
 pub mod jwks;
 pub mod keystore;
 pub mod audit;
+pub mod mask;
+pub mod rules;

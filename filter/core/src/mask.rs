@@ -1,0 +1,382 @@
+//! One-shot masking: replaces every secret a [`RuleSet`] finds in a text with the rule's
+//! placeholder. The streaming masker ([`crate::stream_mask`]) runs the very same planning
+//! step on a moving buffer, which is why both give identical bytes.
+//!
+//! What counts as a match (the definition both maskers implement):
+//! 1. every occurrence of every keyword (ASCII case-insensitive, overlapping) is found;
+//! 2. for each (occurrence at `s`, rule listing that keyword), the rule's regex is searched in
+//!    its window `[s - before, end)` where `end` is the first of: the line end (single-line
+//!    rules), just past `end_marker` (multi-line rules), `s + max_len`, the end of the text.
+//!    The window's end acts as the end of the text (`$`, `\z`); bytes before the window are
+//!    visible as context (`\b`). The first match that contains `s` is the candidate;
+//! 3. the candidate's secret (its capture group, widened to whole UTF-8 characters) must be
+//!    non-empty, pass the entropy floor and the allowlist, and must not contain the
+//!    placeholder's fixed text (so masking twice changes nothing);
+//! 4. among candidates, secret spans are chosen leftmost-longest: ordered by start, then
+//!    longer first, then rule order; a candidate overlapping an already chosen one is dropped.
+//!
+//! Limit: a secret is only found inside a window, so a value longer than its rule's
+//! `max_len` is masked only as far as the rule's regex reaches inside the window.
+
+use crate::rules::RuleSet;
+use aho_corasick::Input;
+use std::borrow::Cow;
+
+/// Result of masking a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Masked<'a> {
+    /// The masked text; borrowed (byte for byte the input) when nothing was masked.
+    pub text: Cow<'a, str>,
+    /// How many secrets each rule masked, in rule order; only rules with hits.
+    pub hits: Vec<(String, usize)>,
+}
+
+/// One secret to replace: byte span in the planned buffer and the rule index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) rule: u32,
+}
+
+/// What may be emitted from a buffer: everything in `[seg_start, cut)` is final, and
+/// `spans` (sorted, disjoint, inside that range) are the secrets in it.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) cut: usize,
+    pub(crate) spans: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    start: usize,
+    end: usize,
+    rule: u32,
+}
+
+impl RuleSet {
+    /// Masks `text` in one go.
+    pub fn mask<'a>(&self, text: &'a str) -> Masked<'a> {
+        let plan = self.plan(text, 0, true);
+        if plan.spans.is_empty() {
+            return Masked { text: Cow::Borrowed(text), hits: Vec::new() };
+        }
+        let mut out = String::with_capacity(text.len());
+        self.render(text, 0, &plan, &mut out);
+        Masked { text: Cow::Owned(out), hits: self.count_hits(&plan.spans) }
+    }
+
+    /// Appends `hay[from..plan.cut]` to `out` with the plan's secrets replaced.
+    pub(crate) fn render(&self, hay: &str, from: usize, plan: &Plan, out: &mut String) {
+        let mut at = from;
+        for span in &plan.spans {
+            out.push_str(&hay[at..span.start]);
+            out.push_str(&self.placeholder.0);
+            out.push_str(&self.rules[span.rule as usize].id);
+            out.push_str(&self.placeholder.1);
+            at = span.end;
+        }
+        out.push_str(&hay[at..plan.cut]);
+    }
+
+    pub(crate) fn count_hits(&self, spans: &[Span]) -> Vec<(String, usize)> {
+        let mut counts = vec![0usize; self.rules.len()];
+        for s in spans {
+            counts[s.rule as usize] += 1;
+        }
+        counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| (self.rules[i].id.clone(), c))
+            .collect()
+    }
+
+    /// Plans masking of `hay[seg_start..]`; `hay[..seg_start]` is already-emitted context.
+    ///
+    /// With `finished`, the whole rest is final (`cut == hay.len()`). Otherwise `cut` stops
+    /// before anything that text still to come could change: a keyword whose window is not
+    /// complete yet, or the start of a keyword still arriving at the end of the buffer (each
+    /// minus its rule's `before`); a secret already chosen that straddles that point is
+    /// final and included whole. Candidates whose secret starts before `seg_start` were
+    /// decided by an earlier plan and are ignored.
+    pub(crate) fn plan(&self, hay: &str, seg_start: usize, finished: bool) -> Plan {
+        let bytes = hay.as_bytes();
+        let len = bytes.len();
+        let mut limit = len;
+        if !finished {
+            // A keyword may be arriving: its first bytes end the buffer.
+            let lo = len.saturating_sub(self.max_keyword_len.saturating_sub(1)).max(seg_start);
+            for i in lo..len {
+                let tail = bytes[i..].to_ascii_lowercase();
+                if let Some(&before) = self.keyword_prefixes.get(&tail) {
+                    limit = i.saturating_sub(before);
+                    break;
+                }
+            }
+        }
+
+        let mut occurrences: Vec<(usize, u32)> = Vec::new();
+        if seg_start < len {
+            let input = Input::new(bytes).span(seg_start..len);
+            let mut state = aho_corasick::automaton::OverlappingState::start();
+            loop {
+                self.keywords.find_overlapping(input.clone(), &mut state);
+                let Some(m) = state.get_match() else { break };
+                for &rule in &self.keyword_rules[m.pattern().as_usize()] {
+                    occurrences.push((m.start(), rule));
+                }
+            }
+        }
+        occurrences.sort_unstable();
+        occurrences.dedup();
+
+        let mut candidates: Vec<Candidate> = Vec::new();
+        for &(s, r) in &occurrences {
+            let rule = &self.rules[r as usize];
+            let win_start = s.saturating_sub(rule.before);
+            let cap = s + rule.max_len;
+            let scan_end = cap.min(len);
+            let stop = if rule.multiline {
+                rule.end_marker.as_ref().and_then(|m| {
+                    find_bytes(&bytes[s..scan_end], m).map(|p| s + p + m.len())
+                })
+            } else {
+                bytes[s..scan_end].iter().position(|&b| b == b'\n').map(|p| s + p)
+            };
+            let win_end = match stop {
+                Some(e) => e,
+                None if cap <= len => cap,
+                None if finished => len,
+                None => {
+                    // The window is still growing: nothing from its start on is final.
+                    limit = limit.min(win_start);
+                    continue;
+                }
+            };
+            if let Some(c) = self.candidate(hay, r, s, win_start, win_end) {
+                if c.start >= seg_start {
+                    candidates.push(c);
+                }
+            }
+        }
+        let limit = floor_char(hay, limit.max(seg_start));
+
+        candidates.sort_unstable_by_key(|c| (c.start, std::cmp::Reverse(c.end), c.rule));
+        let mut spans = Vec::new();
+        let mut last_end = seg_start;
+        for c in candidates {
+            if c.start >= limit {
+                break;
+            }
+            if c.start >= last_end {
+                spans.push(Span { start: c.start, end: c.end, rule: c.rule });
+                last_end = c.end;
+            }
+        }
+        Plan { cut: limit.max(last_end), spans }
+    }
+
+    /// The candidate secret of rule `r` for the keyword occurrence at `s`, if any.
+    fn candidate(&self, hay: &str, r: u32, s: usize, win_start: usize, win_end: usize) -> Option<Candidate> {
+        let rule = &self.rules[r as usize];
+        let window = &hay.as_bytes()[..win_end];
+        let mut at = win_start;
+        // The first match (in find-iter order within the window) that contains `s`.
+        let m = loop {
+            let m = rule.regex.find_at(window, at)?;
+            if m.start() > s {
+                return None;
+            }
+            if m.end() > s {
+                break m;
+            }
+            at = if m.end() > at { m.end() } else { at + 1 };
+            if at > s {
+                return None;
+            }
+        };
+        let (a, b) = if rule.group == 0 {
+            (m.start(), m.end())
+        } else {
+            let caps = rule.regex.captures_at(window, m.start())?;
+            let g = caps.get(rule.group)?;
+            (g.start(), g.end())
+        };
+        if a >= b {
+            return None;
+        }
+        let (a, b) = (floor_char(hay, a), ceil_char(hay, b));
+        let secret = &hay.as_bytes()[a..b];
+        if let Some(min) = rule.entropy {
+            if crate::rules::shannon_entropy(secret) < min {
+                return None;
+            }
+        }
+        if rule.allowlist.iter().any(|al| al.is_match(secret)) {
+            return None;
+        }
+        let fixed = self.placeholder.0.as_bytes();
+        if !fixed.is_empty() && find_bytes(secret, fixed).is_some() {
+            return None;
+        }
+        Some(Candidate { start: a, end: b, rule: r })
+    }
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || needle.len() > hay.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub(crate) fn floor_char(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+pub(crate) fn ceil_char(s: &str, mut i: usize) -> usize {
+    while i < s.len() && !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i.min(s.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::{compile_rules, expand_example, RawRule, RuleSet};
+    use std::borrow::Cow;
+    use std::sync::OnceLock;
+
+    pub(crate) fn builtin() -> &'static RuleSet {
+        static SET: OnceLock<RuleSet> = OnceLock::new();
+        SET.get_or_init(|| RuleSet::builtin().expect("built-in rules compile"))
+    }
+
+    fn raw(id: &str, regex: &str, keywords: &[&str]) -> RawRule {
+        let mut r: RawRule = serde_json::from_value(serde_json::json!({
+            "id": id, "regex": regex, "keywords": keywords,
+        }))
+        .unwrap();
+        r.description = id.into();
+        r
+    }
+
+    #[test]
+    fn every_builtin_positive_example_is_masked_by_its_rule() {
+        let set = builtin();
+        let mut failures = Vec::new();
+        for raw in crate::rules::builtin_raw_rules().unwrap() {
+            assert!(!raw.examples.positive.is_empty(), "rule {} has no positive example", raw.id);
+            for ex in &raw.examples.positive {
+                let text = expand_example(ex);
+                let m = set.mask(&text);
+                if !m.hits.iter().any(|(id, _)| *id == raw.id) {
+                    failures.push(format!("{}: not masked by its rule: {text:?} -> {:?}", raw.id, m.text));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    #[test]
+    fn every_builtin_negative_example_is_left_untouched() {
+        let set = builtin();
+        let mut failures = Vec::new();
+        for raw in crate::rules::builtin_raw_rules().unwrap() {
+            for ex in &raw.examples.negative {
+                let text = expand_example(ex);
+                let m = set.mask(&text);
+                if !matches!(m.text, Cow::Borrowed(_)) {
+                    failures.push(format!("{}: {text:?} -> {:?} {:?}", raw.id, m.text, m.hits));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    #[test]
+    fn masking_is_idempotent_on_every_example() {
+        let set = builtin();
+        for raw in crate::rules::builtin_raw_rules().unwrap() {
+            for ex in raw.examples.positive.iter().chain(&raw.examples.negative) {
+                let once = set.mask(&expand_example(ex)).text.into_owned();
+                let twice = set.mask(&once);
+                assert_eq!(twice.text, once, "rule {}", raw.id);
+                assert!(twice.hits.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn no_placeholder_matches_any_rule() {
+        let set = builtin();
+        for id in set.ids() {
+            let p = set.placeholder_for(id);
+            for text in [p.clone(), format!("token = {p}"), format!("password: \"{p}\""), format!("{p}{p}")] {
+                let m = set.mask(&text);
+                assert!(m.hits.is_empty(), "{text:?} -> {:?}", m.hits);
+            }
+        }
+    }
+
+    #[test]
+    fn text_without_secrets_is_returned_borrowed() {
+        let text = "fn main() {\n    println!(\"hello, wörld\");\n}\n";
+        assert!(matches!(builtin().mask(text).text, Cow::Borrowed(t) if std::ptr::eq(t, text)));
+    }
+
+    #[test]
+    fn leftmost_secret_wins_an_overlap() {
+        let set = compile_rules(
+            &[],
+            &[raw("long", "ab(cdef)", &["ab"]), raw("short", "cd(e)", &["cd"])],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(set.mask("xabcdefx").text, "xab[REDACTED:long]x");
+    }
+
+    #[test]
+    fn longer_secret_wins_at_the_same_start_and_rule_order_breaks_ties() {
+        let rules = [raw("first", "k=(v+)", &["k="]), raw("second", "k=(v+x)", &["k="])];
+        let set = compile_rules(&[], &rules, &[]).unwrap();
+        assert_eq!(set.mask("k=vvvx").text, "k=[REDACTED:second]");
+        let rules = [raw("first", "k=(v+)", &["k="]), raw("second", "k=(v+)", &["k="])];
+        let set = compile_rules(&[], &rules, &[]).unwrap();
+        assert_eq!(set.mask("k=vv").text, "k=[REDACTED:first]");
+    }
+
+    #[test]
+    fn masking_the_same_input_twice_gives_the_same_bytes() {
+        let text = expand_example("a: AKIA{{fake:upper:16}} b: ghp_{{fake:alnum:36}}\n");
+        let a = builtin().mask(&text).text.into_owned();
+        assert_eq!(a, builtin().mask(&text).text);
+        assert_ne!(a, text);
+    }
+
+    #[test]
+    fn hits_count_each_masked_secret_by_rule() {
+        let text = expand_example("ghp_{{fake:alnum:36}} and ghp_{{fake:alnum:36}}");
+        let m = builtin().mask(&text);
+        assert_eq!(m.hits, vec![("github-pat".to_string(), 2)]);
+    }
+
+    #[test]
+    fn keyword_match_is_case_insensitive_but_regex_decides() {
+        let set = compile_rules(&[], &[raw("tok", "TOK-[0-9]{4}", &["tok-"])], &[]).unwrap();
+        assert_eq!(set.mask("a TOK-1234 b").text, "a [REDACTED:tok] b");
+        assert_eq!(set.mask("a tok-1234 b").text, "a tok-1234 b");
+    }
+
+    #[test]
+    fn secret_widened_to_whole_characters_keeps_utf8_valid() {
+        let set = compile_rules(&[], &[raw("u", "k=([^ ]{2})", &["k="])], &[]).unwrap();
+        let m = set.mask("k=é!");
+        assert_eq!(m.text, "k=[REDACTED:u]!");
+    }
+}

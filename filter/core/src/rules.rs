@@ -1,0 +1,576 @@
+//! Secret rules: the schema as written (`RawRule`, TOML or JSON) and one compile step into a
+//! [`RuleSet`] that the maskers ([`crate::mask`], [`crate::stream_mask`]) run. Compiling never
+//! matches anything; it builds every regex and the keyword automaton and refuses a bad rule
+//! with an error naming the rule id and the field.
+//!
+//! Matching model (shared by the one-shot and the streaming masker, see [`crate::mask`]):
+//! a rule only runs where one of its keywords occurs, inside a *window* around that keyword
+//! occurrence: from `before` bytes ahead of the keyword to the end of its line (or, for a
+//! `multiline` rule, through its `end_marker`), never more than `max_len` bytes past the
+//! keyword start. The window is what bounds how much text a streaming masker ever holds back.
+//!
+//! Regexes are byte regexes built with `unicode(false)` (`\w`, `\s`, `\b` are ASCII, as in
+//! RE2): Unicode tables cost seconds and hundreds of MiB per wasm VM (ARCHITECTURE.md).
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use regex::bytes::{Regex, RegexBuilder};
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+/// The built-in rules, embedded so the filter has them without any file access.
+pub const BUILTIN_TOML: &str = include_str!("../../rules/builtin.toml");
+
+/// Default replacement: `{id}` is replaced by the rule id.
+pub const DEFAULT_PLACEHOLDER: &str = "[REDACTED:{id}]";
+
+/// Default `max_len` of a single-line rule's window, in bytes from the keyword start.
+pub const DEFAULT_MAX_LEN: usize = 256;
+
+/// Largest window any rule may ask for: the streaming masker may hold back about twice this
+/// much text while such a window is open, so it is the hard ceiling on per-stream memory.
+pub const MAX_WINDOW: usize = 32 * 1024;
+
+/// Lazy-DFA cache per regex: the default 2 MiB thrashes on secret rules and makes them many
+/// times slower (measured, ARCHITECTURE.md); the cache grows only as far as a rule needs.
+const DFA_SIZE_LIMIT: usize = 32 * 1024 * 1024;
+
+/// A rules file: `[[rule]]` tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleFile {
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RawRule>,
+}
+
+/// One secret rule as written by a person (built-in TOML or the plugin configuration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Stable identifier, `[a-z0-9-]+`; appears in the placeholder and in audit counts.
+    pub id: String,
+    /// What the rule finds, for people.
+    #[serde(default)]
+    pub description: String,
+    /// Byte regex (no Unicode classes). The secret is the capture group named `secret`, else
+    /// group 1, else the whole match. A match must contain a keyword occurrence.
+    pub regex: String,
+    /// Lowercase literals, at least one; matched ASCII-case-insensitively as a cheap
+    /// pre-check. Keep them specific: every occurrence costs a regex attempt.
+    pub keywords: Vec<String>,
+    /// Minimum Shannon entropy (bits per byte) of the secret; below it the match is ignored.
+    #[serde(default)]
+    pub entropy: Option<f64>,
+    /// Regexes matched against the secret; any hit means "never mask this value"
+    /// (placeholders such as `YOUR_API_KEY`, `${VAR}`). Anchor them as needed.
+    #[serde(default)]
+    pub allowlist: Vec<String>,
+    /// How many bytes before the keyword a match may start (for formats whose literal comes
+    /// after the secret). Default 0: the match starts at or after the keyword.
+    #[serde(default)]
+    pub before: usize,
+    /// Window length from the keyword start, at most [`MAX_WINDOW`]. Default
+    /// [`DEFAULT_MAX_LEN`]; a multi-line rule must set it.
+    #[serde(default)]
+    pub max_len: Option<usize>,
+    /// The window may span lines (private-key blocks). Requires `max_len`.
+    #[serde(default)]
+    pub multiline: bool,
+    /// For a multi-line rule: the window ends right after the first occurrence of this
+    /// literal (so a streaming masker can release text as soon as a key block closes).
+    #[serde(default)]
+    pub end_marker: Option<String>,
+    /// Samples a test checks: every positive is masked, every negative left untouched.
+    /// They may use `{{…}}` expansions (see [`expand_example`]).
+    #[serde(default)]
+    pub examples: RawExamples,
+}
+
+/// True-positive and false-positive samples of a rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExamples {
+    #[serde(default)]
+    pub positive: Vec<String>,
+    #[serde(default)]
+    pub negative: Vec<String>,
+}
+
+/// Why a rule set could not be built.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RuleError {
+    /// The rules file is not valid TOML or does not fit the schema.
+    Parse { message: String },
+    /// A field of a rule is invalid; `field` is the schema name (`regex`, `keywords`, …).
+    InvalidField { rule: String, field: &'static str, reason: String },
+    /// Two rules share an id (a custom rule must use a new id or disable the built-in one).
+    DuplicateId { rule: String },
+    /// `disabled` names an id that no built-in rule has (almost always a typo).
+    UnknownDisabled { rule: String },
+    /// The placeholder template is unusable.
+    Placeholder { reason: String },
+    /// The keyword automaton could not be built.
+    Keywords { reason: String },
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleError::Parse { message } => write!(f, "rules file: {message}"),
+            RuleError::InvalidField { rule, field, reason } => {
+                write!(f, "rule {rule:?}: field `{field}`: {reason}")
+            }
+            RuleError::DuplicateId { rule } => write!(f, "rule {rule:?}: duplicate id"),
+            RuleError::UnknownDisabled { rule } => {
+                write!(f, "disabled rule {rule:?}: no built-in rule has this id")
+            }
+            RuleError::Placeholder { reason } => write!(f, "placeholder: {reason}"),
+            RuleError::Keywords { reason } => write!(f, "keyword automaton: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub(crate) id: String,
+    pub(crate) regex: Regex,
+    /// Capture group index of the secret.
+    pub(crate) group: usize,
+    pub(crate) entropy: Option<f64>,
+    pub(crate) allowlist: Vec<Regex>,
+    pub(crate) before: usize,
+    pub(crate) max_len: usize,
+    pub(crate) multiline: bool,
+    pub(crate) end_marker: Option<Vec<u8>>,
+}
+
+/// The compiled rules plus the keyword automaton; immutable and shared by every masker.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub(crate) rules: Vec<Rule>,
+    /// One automaton over every distinct keyword (ASCII case-insensitive, overlapping).
+    pub(crate) keywords: AhoCorasick,
+    /// Keyword pattern id → indices of the rules that list it.
+    pub(crate) keyword_rules: Vec<Vec<u32>>,
+    /// Every proper prefix of every keyword (lowercase) → the largest `before` of the rules
+    /// behind it: how far back a keyword still being streamed in may reach.
+    pub(crate) keyword_prefixes: HashMap<Vec<u8>, usize>,
+    pub(crate) max_keyword_len: usize,
+    pub(crate) max_before: usize,
+    /// Placeholder split around `{id}`.
+    pub(crate) placeholder: (String, String),
+}
+
+impl RuleSet {
+    /// The built-in rules, nothing disabled, default placeholder.
+    pub fn builtin() -> Result<RuleSet, RuleError> {
+        compile_rules(&builtin_raw_rules()?, &[], &[])
+    }
+
+    /// Replaces the placeholder template; it must contain `{id}` exactly once and must not
+    /// itself be matched by a rule (checked by masking it).
+    pub fn with_placeholder(mut self, template: &str) -> Result<RuleSet, RuleError> {
+        let mut parts = template.split("{id}");
+        let (Some(head), Some(tail), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(RuleError::Placeholder { reason: "must contain `{id}` exactly once".into() });
+        };
+        self.placeholder = (head.to_string(), tail.to_string());
+        for rule in &self.rules {
+            let p = self.placeholder_for(&rule.id);
+            if let Some((id, _)) = self.mask(&p).hits.first() {
+                return Err(RuleError::Placeholder {
+                    reason: format!("{p:?} would itself be masked by rule {id:?}"),
+                });
+            }
+        }
+        Ok(self)
+    }
+
+    /// Number of compiled rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Rule ids in evaluation order (earlier wins a tie between equal matches).
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.id.as_str())
+    }
+
+    /// Upper bound, in bytes, of what a [`crate::stream_mask::StreamMasker`] over this rule
+    /// set can hold back: a window still open (`before + max_len`), plus a chosen secret
+    /// that straddles it, plus a keyword still arriving.
+    pub fn max_hold_back(&self) -> usize {
+        let window = self.rules.iter().map(|r| r.before + r.max_len).max().unwrap_or(0);
+        2 * window + self.max_keyword_len + self.max_before + 8
+    }
+
+    pub(crate) fn placeholder_for(&self, id: &str) -> String {
+        format!("{}{}{}", self.placeholder.0, id, self.placeholder.1)
+    }
+}
+
+/// Parses the embedded built-in rules file.
+pub fn builtin_raw_rules() -> Result<Vec<RawRule>, RuleError> {
+    parse_rules_toml(BUILTIN_TOML)
+}
+
+/// Parses a rules file in the `[[rule]]` TOML schema.
+pub fn parse_rules_toml(text: &str) -> Result<Vec<RawRule>, RuleError> {
+    toml::from_str::<RawRuleFile>(text)
+        .map(|f| f.rules)
+        .map_err(|e| RuleError::Parse { message: e.to_string() })
+}
+
+/// Compiles built-in rules (minus `disabled` ids) followed by `custom` rules. Built-in rules
+/// come first so a specific built-in rule wins a tie against a broader custom one.
+pub fn compile_rules(
+    builtin: &[RawRule],
+    custom: &[RawRule],
+    disabled: &[String],
+) -> Result<RuleSet, RuleError> {
+    let builtin_ids: HashSet<&str> = builtin.iter().map(|r| r.id.as_str()).collect();
+    if let Some(d) = disabled.iter().find(|d| !builtin_ids.contains(d.as_str())) {
+        return Err(RuleError::UnknownDisabled { rule: d.clone() });
+    }
+    let disabled: HashSet<&str> = disabled.iter().map(String::as_str).collect();
+    let raws = builtin.iter().filter(|r| !disabled.contains(r.id.as_str())).chain(custom);
+
+    let mut rules = Vec::new();
+    let mut seen = HashSet::new();
+    let mut keyword_ids: HashMap<String, usize> = HashMap::new();
+    let mut keyword_list: Vec<String> = Vec::new();
+    let mut keyword_rules: Vec<Vec<u32>> = Vec::new();
+    let mut keyword_prefixes: HashMap<Vec<u8>, usize> = HashMap::new();
+    for raw in raws {
+        if !seen.insert(raw.id.clone()) {
+            return Err(RuleError::DuplicateId { rule: raw.id.clone() });
+        }
+        let rule = compile_rule(raw)?;
+        let index = rules.len() as u32;
+        for kw in &raw.keywords {
+            let id = *keyword_ids.entry(kw.clone()).or_insert_with(|| {
+                keyword_list.push(kw.clone());
+                keyword_rules.push(Vec::new());
+                keyword_list.len() - 1
+            });
+            if !keyword_rules[id].contains(&index) {
+                keyword_rules[id].push(index);
+            }
+            for n in 1..kw.len() {
+                let e = keyword_prefixes.entry(kw.as_bytes()[..n].to_vec()).or_insert(0);
+                *e = (*e).max(rule.before);
+            }
+        }
+        rules.push(rule);
+    }
+    let keywords = AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(&keyword_list)
+        .map_err(|e| RuleError::Keywords { reason: e.to_string() })?;
+    Ok(RuleSet {
+        max_keyword_len: keyword_list.iter().map(String::len).max().unwrap_or(0),
+        max_before: rules.iter().map(|r| r.before).max().unwrap_or(0),
+        rules,
+        keywords,
+        keyword_rules,
+        keyword_prefixes,
+        placeholder: split_placeholder(DEFAULT_PLACEHOLDER),
+    })
+}
+
+fn split_placeholder(t: &str) -> (String, String) {
+    let (a, b) = t.split_once("{id}").expect("default placeholder has {id}");
+    (a.to_string(), b.to_string())
+}
+
+fn build_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .unicode(false)
+        .dfa_size_limit(DFA_SIZE_LIMIT)
+        .size_limit(16 * 1024 * 1024)
+        .build()
+}
+
+fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
+    let bad = |field: &'static str, reason: String| RuleError::InvalidField {
+        rule: raw.id.clone(),
+        field,
+        reason,
+    };
+    if raw.id.is_empty()
+        || !raw.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(bad("id", "must be non-empty and only use a-z, 0-9 and -".into()));
+    }
+    let regex = build_regex(&raw.regex).map_err(|e| bad("regex", e.to_string()))?;
+    let group = match regex.capture_names().position(|n| n == Some("secret")) {
+        Some(i) => i,
+        None if regex.captures_len() > 1 => 1,
+        None => 0,
+    };
+    if raw.keywords.is_empty() {
+        return Err(bad("keywords", "at least one keyword is required".into()));
+    }
+    for kw in &raw.keywords {
+        if kw.is_empty() || !kw.is_ascii() || kw.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad("keywords", format!("{kw:?} must be non-empty lowercase ASCII")));
+        }
+    }
+    if let Some(e) = raw.entropy {
+        if !(0.0..=8.0).contains(&e) {
+            return Err(bad("entropy", format!("{e} is outside 0..=8 bits per byte")));
+        }
+    }
+    let allowlist = raw
+        .allowlist
+        .iter()
+        .map(|a| build_regex(a).map_err(|e| bad("allowlist", e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if raw.multiline && raw.max_len.is_none() {
+        return Err(bad("max_len", "a multiline rule must bound its window".into()));
+    }
+    if raw.end_marker.is_some() && !raw.multiline {
+        return Err(bad("end_marker", "only a multiline rule has an end marker".into()));
+    }
+    if raw.end_marker.as_deref() == Some("") {
+        return Err(bad("end_marker", "must not be empty".into()));
+    }
+    let max_len = raw.max_len.unwrap_or(DEFAULT_MAX_LEN);
+    if max_len == 0 || max_len + raw.before > MAX_WINDOW {
+        return Err(bad("max_len", format!("before + max_len must be 1..={MAX_WINDOW}")));
+    }
+    Ok(Rule {
+        id: raw.id.clone(),
+        regex,
+        group,
+        entropy: raw.entropy,
+        allowlist,
+        before: raw.before,
+        max_len,
+        multiline: raw.multiline,
+        end_marker: raw.end_marker.as_ref().map(|m| m.as_bytes().to_vec()),
+    })
+}
+
+/// Shannon entropy of `bytes` in bits per byte.
+pub fn shannon_entropy(bytes: &[u8]) -> f64 {
+    if bytes.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &b in bytes {
+        counts[b as usize] += 1;
+    }
+    let n = bytes.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Expands the `{{…}}` forms used in rule examples, so that no key-shaped literal has to be
+/// written into the repository (secret scanners would flag it even though it is fake):
+///
+/// - `{{repeat:TEXT:N}}` → TEXT repeated N times;
+/// - `{{fake:CLASS:N}}` → N deterministic pseudo-random characters of CLASS, one of
+///   `alnum`, `upper` (A-Z0-9), `lower` (a-z0-9), `hex`, `HEX`, `digits`, `b64`, `b64url`,
+///   `alpha`, `upperb32` (A-Z2-7), `upperbech` (the bech32 alphabet, upper case).
+///
+/// The pseudo-random stream is seeded from the whole example text, so each example always
+/// expands to the same string.
+pub fn expand_example(template: &str) -> String {
+    let mut seed = template.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let spec = &after[..close];
+        rest = &after[close + 2..];
+        let mut parts = spec.splitn(3, ':');
+        let (kind, arg, n) = (parts.next(), parts.next(), parts.next());
+        let n: usize = n.and_then(|n| n.parse().ok()).unwrap_or(0);
+        match (kind, arg) {
+            (Some("repeat"), Some(text)) => out.push_str(&text.repeat(n)),
+            (Some("fake"), Some(class)) => {
+                let alphabet: &[u8] = match class {
+                    "upper" => b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+                    "lower" => b"abcdefghijklmnopqrstuvwxyz0123456789",
+                    "hex" => b"0123456789abcdef",
+                    "HEX" => b"0123456789ABCDEF",
+                    "digits" => b"0123456789",
+                    "upperb32" => b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
+                    "upperbech" => b"QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L",
+                    "alpha" => b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                    "b64" => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+                    "b64url" => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+                    _ => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+                };
+                for _ in 0..n {
+                    // xorshift64*: tiny, deterministic, good enough to look random.
+                    seed ^= seed >> 12;
+                    seed ^= seed << 25;
+                    seed ^= seed >> 27;
+                    let r = seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
+                    out.push(alphabet[(r >> 33) as usize % alphabet.len()] as char);
+                }
+            }
+            _ => {
+                out.push_str("{{");
+                out.push_str(spec);
+                out.push_str("}}");
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(id: &str, regex: &str, keywords: &[&str]) -> RawRule {
+        RawRule {
+            id: id.into(),
+            description: String::new(),
+            regex: regex.into(),
+            keywords: keywords.iter().map(|k| k.to_string()).collect(),
+            entropy: None,
+            allowlist: vec![],
+            before: 0,
+            max_len: None,
+            multiline: false,
+            end_marker: None,
+            examples: RawExamples::default(),
+        }
+    }
+
+    #[test]
+    fn builtin_rules_compile() {
+        let set = RuleSet::builtin().unwrap();
+        assert!(set.len() >= 100, "only {} rules", set.len());
+    }
+
+    #[test]
+    fn bad_regex_error_names_rule_and_field() {
+        let err = compile_rules(&[], &[raw("broken", "(unclosed", &["x"])], &[]).unwrap_err();
+        match &err {
+            RuleError::InvalidField { rule, field, .. } => {
+                assert_eq!((rule.as_str(), *field), ("broken", "regex"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.to_string().contains("broken") && err.to_string().contains("regex"));
+    }
+
+    #[test]
+    fn unicode_class_is_rejected_as_regex_error() {
+        let err = compile_rules(&[], &[raw("uni", r"\p{Greek}+", &["x"])], &[]).unwrap_err();
+        assert!(matches!(err, RuleError::InvalidField { field: "regex", .. }));
+    }
+
+    #[test]
+    fn uppercase_keyword_is_rejected() {
+        let err = compile_rules(&[], &[raw("up", "AB", &["AB"])], &[]).unwrap_err();
+        assert!(matches!(err, RuleError::InvalidField { field: "keywords", .. }));
+    }
+
+    #[test]
+    fn missing_keywords_are_rejected() {
+        let err = compile_rules(&[], &[raw("none", "AB", &[])], &[]).unwrap_err();
+        assert!(matches!(err, RuleError::InvalidField { field: "keywords", .. }));
+    }
+
+    #[test]
+    fn multiline_rule_without_max_len_is_rejected() {
+        let mut r = raw("ml", "A(?s:.*)B", &["a"]);
+        r.multiline = true;
+        let err = compile_rules(&[], &[r], &[]).unwrap_err();
+        assert!(matches!(err, RuleError::InvalidField { field: "max_len", .. }));
+    }
+
+    #[test]
+    fn duplicate_ids_are_rejected() {
+        let a = raw("dup", "a", &["a"]);
+        let err = compile_rules(&[a.clone()], &[a], &[]).unwrap_err();
+        assert_eq!(err, RuleError::DuplicateId { rule: "dup".into() });
+    }
+
+    #[test]
+    fn custom_rule_may_replace_a_disabled_builtin() {
+        let a = raw("dup", "a", &["a"]);
+        let set = compile_rules(&[a.clone()], &[a], &["dup".into()]).unwrap();
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn disabling_an_unknown_id_is_an_error() {
+        let err = compile_rules(&[], &[], &["nope".into()]).unwrap_err();
+        assert_eq!(err, RuleError::UnknownDisabled { rule: "nope".into() });
+    }
+
+    #[test]
+    fn unknown_field_in_toml_is_rejected() {
+        let err = parse_rules_toml("[[rule]]\nid='a'\nregex='a'\nkeywords=['a']\nsevrity=1\n");
+        assert!(matches!(err, Err(RuleError::Parse { message }) if message.contains("sevrity")));
+    }
+
+    #[test]
+    fn custom_rules_parse_from_json_too() {
+        let r: RawRule =
+            serde_json::from_str(r#"{"id":"corp","regex":"CORP-[0-9]{8}","keywords":["corp-"]}"#)
+                .unwrap();
+        let set = compile_rules(&[], &[r], &[]).unwrap();
+        assert_eq!(set.mask("id CORP-12345678 ok").text, "id [REDACTED:corp] ok");
+    }
+
+    #[test]
+    fn placeholder_without_id_is_rejected() {
+        let set = compile_rules(&[], &[raw("a", "zz[0-9]+", &["zz"])], &[]).unwrap();
+        assert!(matches!(set.with_placeholder("***"), Err(RuleError::Placeholder { .. })));
+    }
+
+    #[test]
+    fn placeholder_that_a_rule_matches_is_rejected() {
+        let set = compile_rules(&[], &[raw("a", "zz[0-9]+", &["zz"])], &[]).unwrap();
+        assert!(matches!(set.with_placeholder("<{id}zz9>"), Err(RuleError::Placeholder { .. })));
+        let set = compile_rules(&[], &[raw("a", "zz[0-9]+", &["zz"])], &[]).unwrap();
+        assert_eq!(set.with_placeholder("<{id}>").unwrap().mask("zz12").text, "<a>");
+    }
+
+    #[test]
+    fn examples_expand_deterministically() {
+        let a = expand_example("k={{fake:hex:8}}/{{repeat:ab:3}}");
+        assert_eq!(a, expand_example("k={{fake:hex:8}}/{{repeat:ab:3}}"));
+        assert_eq!(a.len(), 2 + 8 + 1 + 6);
+        assert!(a.ends_with("/ababab"));
+        assert!(a[2..10].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn entropy_of_uniform_bytes_is_their_log2() {
+        assert_eq!(shannon_entropy(b"aaaa"), 0.0);
+        assert!((shannon_entropy(b"abcd") - 2.0).abs() < 1e-9);
+    }
+}
