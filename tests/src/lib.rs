@@ -5,8 +5,14 @@
 //!   from those keys, and [`idp::DevIdentity`], a persistent key pair for `make run`.
 //! - [`stand_in`]: [`stand_in::ClaudeStandIn`], a local Anthropic Messages API that records
 //!   every request and can hold a stream open mid-response.
+//! - [`envoy`]: renders `envoy/dev.yaml.tmpl` and runs a real Envoy with the filter.
+//! - [`stack`]: all of the above started together on loopback, for tests and `make run`.
+//! - [`paths`]: where the tools and build outputs are.
 
 pub mod idp;
 pub mod keys;
 mod server;
 pub mod stand_in;
+pub mod envoy;
+pub mod paths;
+pub mod stack;

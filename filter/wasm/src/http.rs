@@ -15,6 +15,10 @@ use scrim_core::errors::Refusal;
 
 pub struct ScrimHttp {
     shared: SharedRef,
+    /// Whether the request may move on. Until it is admitted, every body callback holds the
+    /// body back: with `allow_on_headers_stop_iteration`, a body callback that returned
+    /// Continue would forward the request with the caller's credential still on it.
+    admitted: bool,
     /// The token of a request paused while its issuer's keys are fetched.
     pending: Option<PendingFetch>,
     pub identity: Option<Identity>,
@@ -30,7 +34,7 @@ struct PendingFetch {
 
 impl ScrimHttp {
     pub fn new(shared: SharedRef) -> Self {
-        ScrimHttp { shared, pending: None, identity: None }
+        ScrimHttp { shared, admitted: false, pending: None, identity: None }
     }
 
     fn now(&self) -> u64 {
@@ -62,6 +66,7 @@ impl ScrimHttp {
         }
         s.metrics.decision(Decision::Allowed);
         drop(s);
+        self.admitted = true;
         self.identity = Some(identity);
     }
 
@@ -181,5 +186,13 @@ impl HttpContext for ScrimHttp {
             }
         };
         self.decide(token, verdict, true)
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if self.admitted {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
     }
 }

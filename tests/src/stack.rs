@@ -1,0 +1,153 @@
+//! A whole gateway on loopback for tests and `make run`: the dev identity provider, the Claude
+//! stand-in and a real Envoy with the filter, started in that order on free ports.
+
+use crate::envoy::{free_port, Envoy, EnvoyOptions, Upstream};
+use crate::idp::DevIdp;
+use crate::keys::SigningKey;
+use crate::stand_in::ClaudeStandIn;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The audience dev tokens carry and the dev configuration accepts.
+pub const DEV_AUDIENCE: &str = "scrim";
+/// The only group the dev configuration allows.
+pub const DEV_GROUP: &str = "eng";
+/// Request buffer limit of the dev configuration (Claude Code sends whole conversations).
+pub const DEV_BUFFER_LIMIT: u64 = 32 * 1024 * 1024;
+
+/// The filter configuration `make run` uses unless `SCRIM_FILTER_CONFIG` names another.
+pub fn dev_filter_config(issuer: &str, jwks_uri: &str) -> Value {
+    json!({
+        "issuers": [{
+            "issuer": issuer,
+            "audiences": [DEV_AUDIENCE],
+            "jwks_uri": jwks_uri,
+            "jwks_cluster": "idp_jwks"
+        }],
+        "allowed_groups": [DEV_GROUP],
+        "groups_claim": "groups",
+        "jwks": {"refresh_seconds": 300, "retry_seconds": 1, "unknown_kid_refetch_seconds": 5}
+    })
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A fresh folder under the system temp dir for one test's logs and rendered configuration.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "scrim-e2e-{}-{}-{}",
+        name,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// How a test stack differs from the default.
+pub struct StackOptions {
+    pub name: &'static str,
+    /// Start the identity provider before Envoy (false: the IdP is down at start).
+    pub idp_up: bool,
+    /// Rewrites the dev filter configuration before Envoy starts.
+    pub filter_config: Option<Box<dyn FnOnce(Value) -> Value>>,
+    pub baseline: bool,
+    pub concurrency: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions { name: "stack", idp_up: true, filter_config: None, baseline: false, concurrency: 1 }
+    }
+}
+
+pub struct Stack {
+    pub idp: Option<DevIdp>,
+    pub idp_addr: std::net::SocketAddr,
+    pub issuer: String,
+    pub key: SigningKey,
+    pub stand_in: ClaudeStandIn,
+    pub envoy: Envoy,
+    pub api_key: String,
+    pub run_dir: PathBuf,
+}
+
+impl Stack {
+    pub async fn start(opts: StackOptions) -> Result<Stack, String> {
+        let run_dir = scratch_dir(opts.name);
+        let key = SigningKey::generate(Algorithm::RS256, "key-1").map_err(|e| e.to_string())?;
+        let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let idp_addr = idp_listener.local_addr().map_err(|e| e.to_string())?;
+        let issuer = format!("http://{idp_addr}");
+        let idp = if opts.idp_up {
+            Some(DevIdp::start(idp_listener, issuer.clone(), vec![key.clone()]).map_err(|e| e.to_string())?)
+        } else {
+            drop(idp_listener);
+            None
+        };
+        // A synthetic service key, different every run, so a test can look for it anywhere.
+        let api_key = format!("sk-ant-api03-scrimtest-{:016x}", rand_u64());
+        let stand_in_listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let stand_in_addr = stand_in_listener.local_addr().map_err(|e| e.to_string())?;
+        let stand_in = ClaudeStandIn::start(stand_in_listener, Some(api_key.clone())).map_err(|e| e.to_string())?;
+        let mut config = dev_filter_config(&issuer, &format!("{issuer}/jwks"));
+        if let Some(edit) = opts.filter_config {
+            config = edit(config);
+        }
+        let envoy = Envoy::start(&EnvoyOptions {
+            gateway_port: free_port(),
+            admin_port: free_port(),
+            baseline_port: opts.baseline.then(free_port),
+            upstream: Upstream::local(stand_in_addr),
+            idp: idp_addr,
+            filter_config: config,
+            api_key: api_key.clone(),
+            run_dir: run_dir.clone(),
+            concurrency: opts.concurrency,
+            buffer_limit_bytes: DEV_BUFFER_LIMIT,
+        })
+        .await?;
+        Ok(Stack { idp, idp_addr, issuer, key, stand_in, envoy, api_key, run_dir })
+    }
+
+    /// Claims of a valid dev token for `sub` in `groups`; tests change fields to break it.
+    pub fn claims(&self, sub: &str, groups: &[&str]) -> Value {
+        let now = now();
+        json!({
+            "iss": self.issuer, "aud": DEV_AUDIENCE, "sub": sub,
+            "email": format!("{sub}@dev.scrim.local"), "groups": groups,
+            "iat": now, "nbf": now, "exp": now + 600
+        })
+    }
+
+    /// A valid token for an allowed caller.
+    pub fn token(&self) -> String {
+        self.key.mint(&self.claims("alice", &[DEV_GROUP]))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.envoy.gateway, path)
+    }
+
+    /// Fails the test if any VM panicked or the filter failed to load.
+    pub fn assert_no_filter_failures(&self) {
+        let log = self.envoy.log();
+        for needle in ["panicked", "Wasm VM failed", "Function: proxy_on_", "Failed to load Wasm"] {
+            assert!(!log.contains(needle), "envoy log contains `{needle}`:\n{log}");
+        }
+    }
+}
+
+/// A random number from the OS, for unique synthetic values.
+pub fn rand_u64() -> u64 {
+    use rand::RngCore;
+    rand::rngs::OsRng.next_u64()
+}
