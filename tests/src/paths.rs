@@ -25,3 +25,10 @@ pub fn filter_wasm() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip1/release/scrim_filter.wasm"))
 }
+
+/// The Claude Code CLI: `SCRIM_CLAUDE_CODE`, else the one `make test-tools` installs.
+pub fn claude_code() -> PathBuf {
+    std::env::var_os("SCRIM_CLAUDE_CODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/tools/node/node_modules/.bin/claude"))
+}
