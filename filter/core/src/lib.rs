@@ -12,6 +12,7 @@
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
 //! - [`mask`]: one-shot masking of a text with a `RuleSet`.
+//! - [`stream_mask`]: masking a text stream pushed in pieces, equal to one-shot masking.
 //! - [`audit`]: the audit record schema shared with the recorder.
 
 pub mod auth;
@@ -23,3 +24,4 @@ pub mod keystore;
 pub mod audit;
 pub mod mask;
 pub mod rules;
+pub mod stream_mask;

@@ -40,15 +40,20 @@ pub(crate) struct Span {
 }
 
 /// What may be emitted from a buffer: everything in `[seg_start, cut)` is final, and
-/// `spans` (sorted, disjoint, inside that range) are the secrets in it.
+/// `spans` (sorted, disjoint, inside that range) are the secrets in it. Keyword occurrences
+/// from `rescan_from` on may still produce secrets at or after `cut`, so the next plan must
+/// look at them again.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub(crate) cut: usize,
+    pub(crate) rescan_from: usize,
     pub(crate) spans: Vec<Span>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
+    /// The keyword occurrence that produced it.
+    occurrence: usize,
     start: usize,
     end: usize,
     rule: u32,
@@ -57,7 +62,7 @@ struct Candidate {
 impl RuleSet {
     /// Masks `text` in one go.
     pub fn mask<'a>(&self, text: &'a str) -> Masked<'a> {
-        let plan = self.plan(text, 0, true);
+        let plan = self.plan(text, 0, 0, true);
         if plan.spans.is_empty() {
             return Masked { text: Cow::Borrowed(text), hits: Vec::new() };
         }
@@ -92,33 +97,43 @@ impl RuleSet {
             .collect()
     }
 
-    /// Plans masking of `hay[seg_start..]`; `hay[..seg_start]` is already-emitted context.
+    /// Plans masking of `hay[seg_start..]`; `hay[..seg_start]` is already-emitted text, and
+    /// keyword occurrences before `scan_from` were fully decided by an earlier plan.
     ///
     /// With `finished`, the whole rest is final (`cut == hay.len()`). Otherwise `cut` stops
-    /// before anything that text still to come could change: a keyword whose window is not
-    /// complete yet, or the start of a keyword still arriving at the end of the buffer (each
-    /// minus its rule's `before`); a secret already chosen that straddles that point is
-    /// final and included whole. Candidates whose secret starts before `seg_start` were
-    /// decided by an earlier plan and are ignored.
-    pub(crate) fn plan(&self, hay: &str, seg_start: usize, finished: bool) -> Plan {
+    /// before anything that text still to come could change: the window of a keyword not
+    /// complete yet, or a keyword still arriving at the end of the buffer (each minus its
+    /// rule's `before`), and before a chosen secret that straddles that point. Candidates
+    /// whose secret starts before `seg_start` were decided by an earlier plan: ignored.
+    pub(crate) fn plan(&self, hay: &str, scan_from: usize, seg_start: usize, finished: bool) -> Plan {
         let bytes = hay.as_bytes();
         let len = bytes.len();
         let mut limit = len;
         if !finished {
             // A keyword may be arriving: its first bytes end the buffer.
-            let lo = len.saturating_sub(self.max_keyword_len.saturating_sub(1)).max(seg_start);
-            for i in lo..len {
-                let tail = bytes[i..].to_ascii_lowercase();
-                if let Some(&before) = self.keyword_prefixes.get(&tail) {
-                    limit = i.saturating_sub(before);
-                    break;
+            let lo = len.saturating_sub(self.max_keyword_len.saturating_sub(1)).max(scan_from);
+            if let Some(i) = (lo..len).find(|&i| self.keyword_prefixes.contains(&bytes[i..].to_ascii_lowercase())) {
+                limit = i;
+            }
+            // A rule whose secret precedes its keyword: the run of bytes that could be such
+            // a secret, before a keyword that may be arriving or not have started yet.
+            for &r in &self.before_rules {
+                let rule = &self.rules[r as usize];
+                let class = rule.before_class.as_deref().expect("compiled with before_class");
+                let arriving = (lo..len).filter(|&i| {
+                    let tail = bytes[i..].to_ascii_lowercase();
+                    rule.keywords.iter().any(|k| k.len() > tail.len() && k.starts_with(&tail))
+                });
+                for i in arriving.chain([len]) {
+                    let run = bytes[..i].iter().rev().take(rule.before).take_while(|&&b| class[b as usize]).count();
+                    limit = limit.min(i - run);
                 }
             }
         }
 
         let mut occurrences: Vec<(usize, u32)> = Vec::new();
-        if seg_start < len {
-            let input = Input::new(bytes).span(seg_start..len);
+        if scan_from < len {
+            let input = Input::new(bytes).span(scan_from..len);
             let mut state = aho_corasick::automaton::OverlappingState::start();
             loop {
                 self.keywords.find_overlapping(input.clone(), &mut state);
@@ -132,6 +147,7 @@ impl RuleSet {
         occurrences.dedup();
 
         let mut candidates: Vec<Candidate> = Vec::new();
+        let mut rescan_from = usize::MAX;
         for &(s, r) in &occurrences {
             let rule = &self.rules[r as usize];
             let win_start = s.saturating_sub(rule.before);
@@ -151,6 +167,7 @@ impl RuleSet {
                 None => {
                     // The window is still growing: nothing from its start on is final.
                     limit = limit.min(win_start);
+                    rescan_from = rescan_from.min(s);
                     continue;
                 }
             };
@@ -163,9 +180,9 @@ impl RuleSet {
         let limit = floor_char(hay, limit.max(seg_start));
 
         candidates.sort_unstable_by_key(|c| (c.start, std::cmp::Reverse(c.end), c.rule));
-        let mut spans = Vec::new();
+        let mut spans: Vec<Span> = Vec::new();
         let mut last_end = seg_start;
-        for c in candidates {
+        for c in &candidates {
             if c.start >= limit {
                 break;
             }
@@ -174,7 +191,20 @@ impl RuleSet {
                 last_end = c.end;
             }
         }
-        Plan { cut: limit.max(last_end), spans }
+        let mut cut = limit;
+        if let Some(last) = spans.last() {
+            if last.end > limit {
+                // Final, but cutting inside it would split a placeholder: keep it for later.
+                cut = last.start;
+                spans.pop();
+            }
+        }
+        for c in &candidates {
+            if c.start >= cut {
+                rescan_from = rescan_from.min(c.occurrence);
+            }
+        }
+        Plan { cut, rescan_from: rescan_from.min(cut), spans }
     }
 
     /// The candidate secret of rule `r` for the keyword occurrence at `s`, if any.
@@ -220,7 +250,7 @@ impl RuleSet {
         if !fixed.is_empty() && find_bytes(secret, fixed).is_some() {
             return None;
         }
-        Some(Candidate { start: a, end: b, rule: r })
+        Some(Candidate { occurrence: s, start: a, end: b, rule: r })
     }
 }
 

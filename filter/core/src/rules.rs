@@ -69,6 +69,11 @@ pub struct RawRule {
     /// after the secret). Default 0: the match starts at or after the keyword.
     #[serde(default)]
     pub before: usize,
+    /// Required with `before`: a one-byte regex class (`[0-9a-f]`) of the bytes between the
+    /// secret's start and the keyword. A streaming masker holds back a trailing run of these
+    /// bytes (at most `before`), since a keyword may still follow and make them a secret.
+    #[serde(default)]
+    pub before_class: Option<String>,
     /// Window length from the keyword start, at most [`MAX_WINDOW`]. Default
     /// [`DEFAULT_MAX_LEN`]; a multi-line rule must set it.
     #[serde(default)]
@@ -143,6 +148,10 @@ pub(crate) struct Rule {
     pub(crate) entropy: Option<f64>,
     pub(crate) allowlist: Vec<Regex>,
     pub(crate) before: usize,
+    /// Bytes that may lie between the secret start and the keyword (rules with `before`).
+    pub(crate) before_class: Option<Box<[bool; 256]>>,
+    /// Lowercase keywords of the rule (used for rules with `before`).
+    pub(crate) keywords: Vec<Vec<u8>>,
     pub(crate) max_len: usize,
     pub(crate) multiline: bool,
     pub(crate) end_marker: Option<Vec<u8>>,
@@ -156,9 +165,11 @@ pub struct RuleSet {
     pub(crate) keywords: AhoCorasick,
     /// Keyword pattern id → indices of the rules that list it.
     pub(crate) keyword_rules: Vec<Vec<u32>>,
-    /// Every proper prefix of every keyword (lowercase) → the largest `before` of the rules
-    /// behind it: how far back a keyword still being streamed in may reach.
-    pub(crate) keyword_prefixes: HashMap<Vec<u8>, usize>,
+    /// Every proper prefix of every keyword (lowercase): a keyword may be arriving when the
+    /// buffered text ends with one.
+    pub(crate) keyword_prefixes: HashSet<Vec<u8>>,
+    /// Indices of the rules with `before > 0`.
+    pub(crate) before_rules: Vec<u32>,
     pub(crate) max_keyword_len: usize,
     pub(crate) max_before: usize,
     /// Placeholder split around `{id}`.
@@ -248,7 +259,7 @@ pub fn compile_rules(
     let mut keyword_ids: HashMap<String, usize> = HashMap::new();
     let mut keyword_list: Vec<String> = Vec::new();
     let mut keyword_rules: Vec<Vec<u32>> = Vec::new();
-    let mut keyword_prefixes: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut keyword_prefixes: HashSet<Vec<u8>> = HashSet::new();
     for raw in raws {
         if !seen.insert(raw.id.clone()) {
             return Err(RuleError::DuplicateId { rule: raw.id.clone() });
@@ -265,8 +276,7 @@ pub fn compile_rules(
                 keyword_rules[id].push(index);
             }
             for n in 1..kw.len() {
-                let e = keyword_prefixes.entry(kw.as_bytes()[..n].to_vec()).or_insert(0);
-                *e = (*e).max(rule.before);
+                keyword_prefixes.insert(kw.as_bytes()[..n].to_vec());
             }
         }
         rules.push(rule);
@@ -280,6 +290,7 @@ pub fn compile_rules(
     Ok(RuleSet {
         max_keyword_len: keyword_list.iter().map(String::len).max().unwrap_or(0),
         max_before: rules.iter().map(|r| r.before).max().unwrap_or(0),
+        before_rules: (0..rules.len() as u32).filter(|&i| rules[i as usize].before > 0).collect(),
         rules,
         keywords,
         keyword_rules,
@@ -345,6 +356,20 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
     if raw.end_marker.as_deref() == Some("") {
         return Err(bad("end_marker", "must not be empty".into()));
     }
+    let before_class = match (&raw.before_class, raw.before) {
+        (None, 0) => None,
+        (None, _) => return Err(bad("before_class", "required when `before` is set".into())),
+        (Some(_), 0) => return Err(bad("before_class", "only meaningful with `before`".into())),
+        (Some(class), _) => {
+            let one = build_regex(&format!(r"\A(?:{class})\z"))
+                .map_err(|e| bad("before_class", e.to_string()))?;
+            let mut table = Box::new([false; 256]);
+            for b in 0..=255u8 {
+                table[b as usize] = one.is_match(&[b]);
+            }
+            Some(table)
+        }
+    };
     let max_len = raw.max_len.unwrap_or(DEFAULT_MAX_LEN);
     if max_len == 0 || max_len + raw.before > MAX_WINDOW {
         return Err(bad("max_len", format!("before + max_len must be 1..={MAX_WINDOW}")));
@@ -356,6 +381,8 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
         entropy: raw.entropy,
         allowlist,
         before: raw.before,
+        before_class,
+        keywords: raw.keywords.iter().map(|k| k.as_bytes().to_vec()).collect(),
         max_len,
         multiline: raw.multiline,
         end_marker: raw.end_marker.as_ref().map(|m| m.as_bytes().to_vec()),
@@ -459,6 +486,7 @@ mod tests {
             entropy: None,
             allowlist: vec![],
             before: 0,
+            before_class: None,
             max_len: None,
             multiline: false,
             end_marker: None,

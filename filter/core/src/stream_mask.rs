@@ -1,0 +1,292 @@
+//! Streaming masking of one text stream (one content block): text arrives in pieces, masked
+//! text leaves as soon as nothing still to come can change it. Guarantee: for every way the
+//! text is split, the concatenated output equals [`RuleSet::mask`] of the whole text.
+//!
+//! How: each push re-plans the held text with the same planning step as the one-shot masker
+//! ([`crate::mask`]); what the plan calls final is emitted, the rest is held. Text is held
+//! only while it could still belong to a secret: after a keyword whose rule window is still
+//! open (a single-line rule's window closes at the line end or `max_len` bytes after the
+//! keyword; prose without keywords passes through with at most a partial keyword held), or a
+//! partial keyword at the end.
+//!
+//! Limit and choice for private-key blocks: a multi-line rule's window stays open until its
+//! `end_marker` (`-----END`) or its `max_len` (16 KiB for PEM/OpenSSH, 32000 bytes for PGP),
+//! so a key block is held whole and released masked as soon as it closes. There is no
+//! separate cap that flushes early: flushing an open block would either leak the key or
+//! break the equality with the one-shot result. The bound is instead the rule set's
+//! [`RuleSet::max_hold_back`] (every window is at most [`crate::rules::MAX_WINDOW`]), which
+//! [`StreamMasker::held`] never exceeds; a block longer than its window is masked up to the
+//! window's end (the same in one-shot masking).
+
+use crate::mask::floor_char;
+use crate::rules::RuleSet;
+use std::sync::Arc;
+
+/// Masks one stream of text pushed in pieces.
+#[derive(Debug)]
+pub struct StreamMasker {
+    rules: Arc<RuleSet>,
+    /// Held text; `buf[..seg]` was already emitted and is kept only as context.
+    buf: String,
+    seg: usize,
+    /// Keyword occurrences before this offset in `buf` are fully decided.
+    scan_from: usize,
+    hits: Vec<usize>,
+}
+
+impl StreamMasker {
+    pub fn new(rules: Arc<RuleSet>) -> StreamMasker {
+        let n = rules.len();
+        StreamMasker { rules, buf: String::new(), seg: 0, scan_from: 0, hits: vec![0; n] }
+    }
+
+    /// Adds `chunk`; returns the masked text that is final now (possibly empty).
+    pub fn push(&mut self, chunk: &str) -> String {
+        self.buf.push_str(chunk);
+        self.step(false)
+    }
+
+    /// Ends the stream: returns everything still held, masked. The masker is then empty and
+    /// may be reused for a new stream (hit counts keep accumulating).
+    pub fn finish(&mut self) -> String {
+        let out = self.step(true);
+        self.buf.clear();
+        self.seg = 0;
+        self.scan_from = 0;
+        out
+    }
+
+    /// Bytes of not-yet-emitted text currently held back.
+    pub fn held(&self) -> usize {
+        self.buf.len() - self.seg
+    }
+
+    /// Secrets masked so far, by rule id (rule order, only rules with hits).
+    pub fn hits(&self) -> Vec<(String, usize)> {
+        self.rules
+            .ids()
+            .zip(&self.hits)
+            .filter(|(_, &c)| c > 0)
+            .map(|(id, &c)| (id.to_string(), c))
+            .collect()
+    }
+
+    fn step(&mut self, finished: bool) -> String {
+        let plan = self.rules.plan(&self.buf, self.scan_from, self.seg, finished);
+        let mut out = String::with_capacity(plan.cut - self.seg);
+        self.rules.render(&self.buf, self.seg, &plan, &mut out);
+        for s in &plan.spans {
+            self.hits[s.rule as usize] += 1;
+        }
+        // Keep what the next plan reads: occurrences from `rescan_from`, each window reaching
+        // `before` bytes back, plus one byte of look-behind for `\b`.
+        let keep = plan.rescan_from.saturating_sub(self.rules.max_before + 1);
+        let keep = floor_char(&self.buf, keep);
+        self.buf.drain(..keep);
+        self.seg = plan.cut - keep;
+        self.scan_from = plan.rescan_from - keep;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{compile_rules, expand_example, RawRule};
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn builtin() -> Arc<RuleSet> {
+        static SET: OnceLock<Arc<RuleSet>> = OnceLock::new();
+        SET.get_or_init(|| Arc::new(RuleSet::builtin().unwrap())).clone()
+    }
+
+    /// Named cases: each is masked whole and through every buffering mode below.
+    fn cases() -> Vec<(&'static str, String)> {
+        let c = |name, t: &str| (name, expand_example(t));
+        vec![
+            c("empty", ""),
+            c("prose", "Here is how the parser works: it reads tokens, then builds a tree. Ask me anything.\n"),
+            c("non_ascii_prose", "Grüße — 日本語のテキスト, emoji 🎉 and the word token without a value.\n"),
+            c("aws_key_id_in_code", "const id = \"AKIA{{fake:upperb32:16}}\";\nconst next = 1;\n"),
+            c("aws_pair", "aws_access_key_id = AKIA{{fake:upperb32:16}}\naws_secret_access_key = {{fake:b64:40}}\n"),
+            c("anthropic_key_no_newline", "export ANTHROPIC_API_KEY=sk-ant-api03-{{fake:b64url:93}}AA"),
+            c("two_tokens_one_line", "a=ghp_{{fake:alnum:36}} b=glpat-{{fake:b64url:20}} done"),
+            c("generic_env", "DB_PASSWORD={{fake:alnum:18}}\nAPI_TOKEN={{fake:alnum:32}}\nDEBUG=true\n"),
+            c("json_body", "{\"password\": \"{{fake:alnum:16}}\", \"user\": \"admin\", \"api_key\": \"{{fake:b64url:40}}\"}"),
+            c("placeholder_left_alone", "password: ${DB_PASSWORD}\napi_key = YOUR_API_KEY\n"),
+            c("db_url", "DATABASE_URL=postgres://app:{{fake:alnum:20}}@db.internal:5432/app\n"),
+            c("pem_block_then_prose", "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA{{fake:b64:48}}\n{{fake:b64:64}}\n{{fake:b64:64}}\n-----END RSA PRIVATE KEY-----\nand some prose after it.\n"),
+            c("pem_block_unterminated", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA{{fake:b64:46}}\n{{fake:b64:70}}\n"),
+            c("jwt_in_header", "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJ{{fake:b64url:40}}.{{fake:b64url:43}}\n"),
+            c("mailchimp_keyword_after_secret", "key {{fake:hex:32}}-us21 end"),
+            c("keyword_at_end_without_value", "please rotate the token"),
+            c("crlf_lines", "password = {{fake:alnum:14}}\r\nnext line\r\n"),
+            c("adjacent_keywords", "tokentokentoken secret= password=: sk-ant-"),
+            c("placeholders_are_stable", "token = [REDACTED:generic-token]\n"),
+        ]
+    }
+
+    fn stream(chunks: &[&str]) -> String {
+        let mut m = StreamMasker::new(builtin());
+        let mut out = String::new();
+        for c in chunks {
+            out.push_str(&m.push(c));
+            assert!(m.held() <= builtin().max_hold_back(), "held {} bytes", m.held());
+        }
+        out + &m.finish()
+    }
+
+    fn char_splits(text: &str) -> Vec<usize> {
+        (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect()
+    }
+
+    #[test]
+    fn cases_mask_something_where_expected() {
+        for (name, text) in cases() {
+            let masked = builtin().mask(&text).text.into_owned();
+            let expect_change = !matches!(
+                name,
+                "empty" | "prose" | "non_ascii_prose" | "placeholder_left_alone"
+                    | "keyword_at_end_without_value" | "placeholders_are_stable" | "adjacent_keywords"
+            );
+            assert_eq!(masked != text, expect_change, "case {name}: {masked:?}");
+        }
+    }
+
+    #[test]
+    fn whole_text_in_one_push_equals_one_shot() {
+        for (name, text) in cases() {
+            assert_eq!(stream(&[&text]), builtin().mask(&text).text, "case {name}");
+        }
+    }
+
+    #[test]
+    fn every_two_way_split_equals_one_shot() {
+        for (name, text) in cases() {
+            let want = builtin().mask(&text).text.into_owned();
+            for i in char_splits(&text) {
+                assert_eq!(stream(&[&text[..i], &text[i..]]), want, "case {name}, split at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_character_chunks_equal_one_shot() {
+        for (name, text) in cases() {
+            let want = builtin().mask(&text).text.into_owned();
+            let bounds = char_splits(&text);
+            let chunks: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            assert_eq!(stream(&chunks), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn hits_are_counted_once_per_secret_in_a_stream() {
+        let text = expand_example("ghp_{{fake:alnum:36}} and ghp_{{fake:alnum:36}}\n");
+        let mut m = StreamMasker::new(builtin());
+        for ch in text.as_bytes().chunks(5) {
+            m.push(std::str::from_utf8(ch).unwrap());
+        }
+        m.finish();
+        assert_eq!(m.hits(), vec![("github-pat".to_string(), 2)]);
+    }
+
+    #[test]
+    fn prose_without_keywords_is_not_held_back() {
+        let mut m = StreamMasker::new(builtin());
+        let out = m.push("The quick brown fox jumps over the lazy dog ");
+        assert_eq!(out, "The quick brown fox jumps over the lazy dog ");
+        assert_eq!(m.held(), 0);
+    }
+
+    #[test]
+    fn partial_keyword_at_the_end_is_held_until_it_resolves() {
+        let mut m = StreamMasker::new(builtin());
+        assert_eq!(m.push("key: gh"), "key: ");
+        let rest = expand_example("p_{{fake:alnum:36}} ok");
+        let out = m.push(&rest) + &m.finish();
+        assert_eq!(out, "[REDACTED:github-pat] ok");
+    }
+
+    #[test]
+    fn secret_split_in_five_pieces_is_masked() {
+        let key = expand_example("AKIA{{fake:upperb32:16}}");
+        let mut m = StreamMasker::new(builtin());
+        let mut out = m.push("id: ");
+        for piece in [&key[..3], &key[3..7], &key[7..12], &key[12..18], &key[18..]] {
+            out += &m.push(piece);
+        }
+        out += &m.push(" next\n");
+        assert_eq!(out, "id: [REDACTED:aws-access-key-id] next\n");
+        assert_eq!(m.finish(), "");
+    }
+
+    #[test]
+    fn pem_block_is_released_when_it_closes() {
+        let block = expand_example("-----BEGIN PRIVATE KEY-----\nMIIE{{fake:b64:60}}\n{{fake:b64:64}}\n-----END PRIVATE KEY-----\n");
+        let mut m = StreamMasker::new(builtin());
+        let mut out = String::new();
+        for line in block.split_inclusive('\n') {
+            out += &m.push(line);
+        }
+        out += &m.push("after");
+        assert!(out.contains("[REDACTED:pem-private-key]-----END PRIVATE KEY-----"), "{out:?}");
+        assert!(!out.contains("MIIE"));
+    }
+
+    #[test]
+    fn custom_rule_with_before_masks_across_any_split() {
+        let r: RawRule = serde_json::from_value(serde_json::json!({
+            "id": "suffixed", "regex": "([0-9]{6})-zz", "keywords": ["-zz"], "before": 6, "before_class": "[0-9]"
+        }))
+        .unwrap();
+        let set = Arc::new(compile_rules(&[], &[r], &[]).unwrap());
+        let text = "a 123456-zz b 98-zz 654321-zz";
+        let want = set.mask(text).text.into_owned();
+        assert_eq!(want, "a [REDACTED:suffixed]-zz b 98-zz [REDACTED:suffixed]-zz");
+        for i in 0..=text.len() {
+            let mut m = StreamMasker::new(set.clone());
+            let out = m.push(&text[..i]) + &m.push(&text[i..]) + &m.finish();
+            assert_eq!(out, want, "split at {i}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_splits_equal_one_shot(case in 0usize..19, cuts in proptest::collection::vec(0usize..10_000, 0..12)) {
+            let cases = cases();
+            let (name, text) = &cases[case % cases.len()];
+            let bounds = char_splits(text);
+            let mut points: Vec<usize> = cuts.iter().map(|c| bounds[c % bounds.len()]).collect();
+            points.push(0);
+            points.push(text.len());
+            points.sort_unstable();
+            points.dedup();
+            let chunks: Vec<&str> = points.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            prop_assert_eq!(stream(&chunks), builtin().mask(text).text.into_owned(), "case {}", name);
+        }
+
+        #[test]
+        fn random_text_from_secret_fragments_streams_like_one_shot(
+            parts in proptest::collection::vec(0usize..12, 1..24),
+            cuts in proptest::collection::vec(0usize..10_000, 0..16),
+        ) {
+            const FRAGMENTS: [&str; 12] = [
+                "token", " = ", "ghp_", "AKIA", "sk-ant-api03-", "\n", "password: ",
+                "-----BEGIN PRIVATE KEY-----\n", "-----END", "Zx9Qw3Er7Ty1Ui5Op2As", "é", "://u:",
+            ];
+            let text: String = parts.iter().map(|&p| FRAGMENTS[p]).collect::<Vec<_>>().concat();
+            let text = format!("{text}{}", expand_example("{{fake:b64url:40}}@h"));
+            let bounds = char_splits(&text);
+            let mut points: Vec<usize> = cuts.iter().map(|c| bounds[c % bounds.len()]).collect();
+            points.push(0);
+            points.push(text.len());
+            points.sort_unstable();
+            points.dedup();
+            let chunks: Vec<&str> = points.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            prop_assert_eq!(stream(&chunks), builtin().mask(&text).text.into_owned());
+        }
+    }
+}
