@@ -13,6 +13,7 @@
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
 //! - [`mask`]: one-shot masking of a text with a `RuleSet`.
 //! - [`stream_mask`]: masking a text stream pushed in pieces, equal to one-shot masking.
+//! - [`sse`]: incremental server-sent-events framing that keeps each event's exact bytes.
 //! - [`audit`]: the audit record schema shared with the recorder.
 
 pub mod auth;
@@ -25,3 +26,4 @@ pub mod audit;
 pub mod mask;
 pub mod rules;
 pub mod stream_mask;
+pub mod sse;
