@@ -1,1 +1,349 @@
-fn main() {}
+//! `scrim-recorder`: the recorder's command line (serve, sessions, verify, export).
+
+use clap::{Args, Parser, Subcommand};
+use scrim_recorder::ingest::{self, Ingest, IngestConfig};
+use scrim_recorder::store::sqlite::SqliteStore;
+use scrim_recorder::store::{Exchange, SessionQuery, Store, StoreError};
+use scrim_recorder::time::format_ms;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Receive Envoy's access log on port 9901 into ./audit.db
+  scrim-recorder --db audit.db serve --grpc-listen 127.0.0.1:9901
+
+  # Recent sessions of one user, as text and as JSON
+  scrim-recorder --db audit.db sessions list --user alice
+  scrim-recorder --db audit.db sessions list --json
+
+  # Every exchange of one session
+  scrim-recorder --db audit.db sessions show 3f2c9a4e-session-id
+
+  # Check the hash chain; exit status 1 if anything was altered, inserted or deleted
+  scrim-recorder --db audit.db verify
+
+  # Everything as JSON Lines
+  scrim-recorder --db audit.db export > audit.jsonl";
+
+/// Scrim recorder: stores the audit record of every exchange Envoy logs, hash-chained.
+#[derive(Parser)]
+#[command(version, after_help = EXAMPLES)]
+struct Cli {
+    /// SQLite database file (created if absent).
+    #[arg(
+        long,
+        env = "SCRIM_RECORDER_DB",
+        global = true,
+        default_value = "scrim-recorder.db"
+    )]
+    db: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive Envoy's gRPC access log (AccessLogService) and store each exchange.
+    Serve(ServeArgs),
+    /// List or show sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Walk the hash chain and report altered, inserted or deleted records.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every exchange as JSON Lines, in chain order.
+    Export {
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address for Envoy's access-log gRPC stream (port 0 picks a free port, printed on start).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    grpc_listen: String,
+    /// Largest audit record accepted; larger ones are counted and dropped.
+    #[arg(long, default_value_t = IngestConfig::default().max_record_bytes)]
+    max_record_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Sessions, most recent first.
+    List {
+        /// Only sessions of this subject (the token's `sub`).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The exchanges of one session, in order.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why a command failed; printed once by `main`.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Server(#[from] tonic::transport::Error),
+    #[error("session {0} not found")]
+    NoSuchSession(String),
+}
+
+fn main() -> ExitCode {
+    log::set_logger(&StderrLogger).ok();
+    log::set_max_level(log::LevelFilter::Info);
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("scrim-recorder: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let store = SqliteStore::open(&cli.db)?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Serve(args) => {
+            drop(out);
+            serve(store, args)?;
+        }
+        Command::Sessions(SessionsCommand::List { user, limit, json }) => {
+            let sessions = store.sessions(&SessionQuery {
+                subject: user,
+                limit: Some(limit),
+            })?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &sessions).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<38} {:<20} {:>5} {:>5} {:<24} {:>9} {:>9}  models",
+                    "session", "user", "exch", "refus", "last", "in tok", "out tok"
+                )?;
+                for s in sessions {
+                    writeln!(
+                        out,
+                        "{:<38} {:<20} {:>5} {:>5} {:<24} {:>9} {:>9}  {}",
+                        s.session_id,
+                        s.subjects.join(","),
+                        s.exchanges,
+                        s.refused,
+                        s.last_ms.map(format_ms).unwrap_or_default(),
+                        s.input_tokens,
+                        s.output_tokens,
+                        s.models.join(",")
+                    )?;
+                }
+            }
+        }
+        Command::Sessions(SessionsCommand::Show { id, json }) => {
+            let exchanges = store.session(&id)?;
+            if exchanges.is_empty() {
+                return Err(CliError::NoSuchSession(id));
+            }
+            if json {
+                serde_json::to_writer_pretty(&mut out, &exchanges).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                for ex in &exchanges {
+                    print_exchange(&mut out, ex)?;
+                }
+            }
+        }
+        Command::Verify { json } => {
+            let report = store.verify()?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} records, {} content pieces",
+                    report.records, report.content_pieces
+                )?;
+                if let Some((seq, hash)) = &report.head {
+                    writeln!(out, "head: record {seq} {hash}")?;
+                }
+                for p in &report.problems {
+                    writeln!(out, "PROBLEM: {p}")?;
+                }
+                if report.problems.is_empty() {
+                    writeln!(out, "chain intact")?;
+                }
+            }
+            if !report.problems.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Export { out: path } => {
+            let mut sink: Box<dyn Write> = match path {
+                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+                None => Box::new(std::io::BufWriter::new(out)),
+            };
+            let mut io_error = None;
+            store.for_each(&mut |ex| {
+                let line = serde_json::to_string(&ex).expect("exchange serialises");
+                if let Err(e) = writeln!(sink, "{line}") {
+                    io_error.get_or_insert(e);
+                }
+                Ok(())
+            })?;
+            if let Some(e) = io_error {
+                return Err(e.into());
+            }
+            sink.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(store: SqliteStore, args: ServeArgs) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.grpc_listen).await?;
+        let ingest = Ingest::new(
+            Arc::new(Mutex::new(store)),
+            IngestConfig {
+                max_record_bytes: args.max_record_bytes,
+                ..IngestConfig::default()
+            },
+        );
+        let stats = ingest.stats();
+        log::info!(
+            "listening for Envoy access logs on {}",
+            listener.local_addr()?
+        );
+        let shutdown = async {
+            tokio::signal::ctrl_c().await.ok();
+        };
+        ingest::serve(listener, ingest, shutdown).await?;
+        log::info!("stopped; {:?}", stats.snapshot());
+        Ok(())
+    })
+}
+
+fn print_exchange(out: &mut impl Write, ex: &Exchange) -> std::io::Result<()> {
+    let r = &ex.stored.record;
+    let e = &ex.stored.envoy;
+    writeln!(
+        out,
+        "#{} {} {} {} {} -> {} {}{}",
+        ex.seq,
+        e.start_time_ms.map(format_ms).unwrap_or_else(|| "-".into()),
+        r.exchange_id,
+        r.method,
+        r.endpoint,
+        e.response_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
+        r.decision.as_str(),
+        r.reason
+            .as_deref()
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default(),
+    )?;
+    if let Some(u) = &r.user {
+        writeln!(
+            out,
+            "   user {} <{}> groups {}",
+            u.subject,
+            u.email.as_deref().unwrap_or(""),
+            u.groups.join(",")
+        )?;
+    }
+    if let Some(m) = &r.model {
+        let usage = r.usage.unwrap_or_default();
+        writeln!(
+            out,
+            "   model {m}  tokens in {} out {} cache read {} write {}",
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens
+        )?;
+    }
+    for m in &r.masked {
+        writeln!(
+            out,
+            "   masked {} x{} in {:?}",
+            m.rule, m.count, m.direction
+        )?;
+    }
+    let flags = [
+        (r.stream, "stream"),
+        (r.client_disconnected, "client disconnected"),
+        (r.truncated, "truncated"),
+    ];
+    let flags: Vec<&str> = flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+    if !flags.is_empty() || !e.response_flags.is_empty() {
+        writeln!(
+            out,
+            "   flags {} {}",
+            flags.join(", "),
+            e.response_flags.join(",")
+        )?;
+    }
+    if let Some(resp) = &r.response {
+        for b in &resp.blocks {
+            let text: String = b.text.chars().take(200).collect();
+            let more = if b.text.chars().count() > 200 {
+                "…"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "   [{}{}] {}{more}",
+                b.kind,
+                b.name
+                    .as_deref()
+                    .map(|n| format!(" {n}"))
+                    .unwrap_or_default(),
+                text.replace('\n', " ")
+            )?;
+        }
+    }
+    writeln!(out, "   hash {}", ex.hash)
+}
+
+/// Plain `level: message` lines on standard error; enough for a service under a supervisor.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) && r.target().starts_with("scrim") {
+            eprintln!("{}: {}", r.level().as_str().to_lowercase(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}

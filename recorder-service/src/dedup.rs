@@ -1,0 +1,200 @@
+//! Content addressing for conversation payloads: agent clients resend the whole conversation
+//! every turn, so every JSON subtree of at least [`MIN_SHARED_BYTES`] is stored once under the
+//! SHA-256 of its bytes and replaced by a reference. Pure; the caller stores the pieces.
+//!
+//! The reduction is bottom-up (a Merkle tree): a long string becomes a reference first, then
+//! the message holding it, then the list of messages. A turn therefore adds its new messages
+//! plus one list of references, not another copy of the conversation. The list of references
+//! still grows with the turn number (about 80 bytes per message per turn): storage is
+//! quadratic in turns with that small constant, linear in content.
+//!
+//! A reference is the one-key object `{"$scrim_ref": "<hex sha-256>"}`. A one-key object in
+//! the data whose key is `$scrim_ref` or `$scrim_lit` is wrapped as `{"$scrim_lit": {...}}`
+//! so it cannot be mistaken for a reference.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Subtrees smaller than this stay inline: a reference costs about 80 bytes.
+pub const MIN_SHARED_BYTES: usize = 128;
+const REF_KEY: &str = "$scrim_ref";
+const LIT_KEY: &str = "$scrim_lit";
+/// Placed where a referenced piece is absent (purged or lost) so the rest still reads.
+pub const MISSING_KEY: &str = "$scrim_missing";
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Replaces the shareable subtrees below `value` (not `value` itself) by references and hands
+/// each piece to `sink(hash, bytes)`. The same piece may be handed over more than once.
+pub fn reduce_children(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value {
+    match value {
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| reduce(v, sink)).collect()),
+        Value::Object(map) => escape(map.into_iter().map(|(k, v)| (k, reduce(v, sink))).collect()),
+        other => other,
+    }
+}
+
+fn reduce(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value {
+    let value = reduce_children(value, sink);
+    if matches!(value, Value::Null | Value::Bool(_) | Value::Number(_)) {
+        return value;
+    }
+    let bytes = serde_json::to_vec(&value).expect("JSON value serialises");
+    if bytes.len() < MIN_SHARED_BYTES {
+        return value;
+    }
+    let hash = sha256_hex(&bytes);
+    sink(&hash, &bytes);
+    reference(hash)
+}
+
+fn reference(hash: String) -> Value {
+    let mut m = Map::new();
+    m.insert(REF_KEY.to_owned(), Value::String(hash));
+    Value::Object(m)
+}
+
+fn escape(map: Map<String, Value>) -> Value {
+    let ambiguous = map.len() == 1 && map.keys().all(|k| k == REF_KEY || k == LIT_KEY);
+    if ambiguous {
+        let mut outer = Map::new();
+        outer.insert(LIT_KEY.to_owned(), Value::Object(map));
+        Value::Object(outer)
+    } else {
+        Value::Object(map)
+    }
+}
+
+/// The hash named by a reference object, if `value` is one.
+pub fn reference_hash(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(m) if m.len() == 1 => m.get(REF_KEY)?.as_str(),
+        _ => None,
+    }
+}
+
+/// Every reference directly inside `value` (not inside the pieces it references).
+pub fn references(value: &Value, out: &mut Vec<String>) {
+    if let Some(h) = reference_hash(value) {
+        out.push(h.to_owned());
+        return;
+    }
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| references(v, out)),
+        Value::Object(m) => m.values().for_each(|v| references(v, out)),
+        _ => {}
+    }
+}
+
+/// Undoes [`reduce_children`]: `load(hash)` returns a piece's bytes, or `None` when it is
+/// gone, in which case `{"$scrim_missing": hash}` stands in for it.
+pub fn expand(value: Value, load: &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> Value {
+    if let Some(hash) = reference_hash(&value) {
+        let hash = hash.to_owned();
+        return match load(&hash).and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+            Some(piece) => expand(piece, load),
+            None => {
+                let mut m = Map::new();
+                m.insert(MISSING_KEY.to_owned(), Value::String(hash));
+                Value::Object(m)
+            }
+        };
+    }
+    match value {
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| expand(v, load)).collect()),
+        Value::Object(map) => {
+            let map: Map<String, Value> = match unwrap_literal(map) {
+                Ok(inner) => inner,
+                Err(map) => map,
+            };
+            Value::Object(map.into_iter().map(|(k, v)| (k, expand(v, load))).collect())
+        }
+        other => other,
+    }
+}
+
+fn unwrap_literal(mut map: Map<String, Value>) -> Result<Map<String, Value>, Map<String, Value>> {
+    if map.len() == 1 && matches!(map.get(LIT_KEY), Some(Value::Object(_))) {
+        match map.remove(LIT_KEY) {
+            Some(Value::Object(inner)) => Ok(inner),
+            _ => unreachable!("checked above"),
+        }
+    } else {
+        Err(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    fn round_trip(v: Value) -> (Value, HashMap<String, Vec<u8>>) {
+        let mut pieces = HashMap::new();
+        let reduced = reduce_children(v, &mut |h, b| {
+            pieces.insert(h.to_owned(), b.to_vec());
+        });
+        let expanded = expand(reduced, &mut |h| pieces.get(h).cloned());
+        (expanded, pieces)
+    }
+
+    #[test]
+    fn reduced_value_expands_to_the_original() {
+        let v = json!({
+            "model": "m",
+            "system": "s".repeat(300),
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "a".repeat(500)}]},
+                {"role": "assistant", "content": "short"},
+            ],
+            "n": 3, "b": true, "z": null,
+        });
+        let (expanded, pieces) = round_trip(v.clone());
+        assert_eq!(expanded, v);
+        assert!(pieces.len() >= 3);
+    }
+
+    #[test]
+    fn data_that_looks_like_a_reference_survives() {
+        let v = json!({"a": {"$scrim_ref": "x"}, "b": {"$scrim_lit": {"$scrim_ref": "y"}}, "c": "q".repeat(200)});
+        assert_eq!(round_trip(v.clone()).0, v);
+    }
+
+    #[test]
+    fn repeated_content_is_stored_once() {
+        let msg = json!({"role": "user", "content": "m".repeat(1000)});
+        let mut pieces = std::collections::BTreeMap::new();
+        for turn in 1..=3 {
+            let v = json!({"messages": vec![msg.clone(); turn]});
+            reduce_children(v, &mut |h, b| {
+                pieces.insert(h.to_owned(), b.len());
+            });
+        }
+        let big: Vec<_> = pieces.values().filter(|&&len| len >= 1000).collect();
+        assert_eq!(big.len(), 1, "{pieces:?}");
+        // One copy of the content plus the growing lists of references, not three copies.
+        assert!(pieces.values().sum::<usize>() < 2000, "{pieces:?}");
+    }
+
+    #[test]
+    fn missing_piece_is_marked_not_fatal() {
+        let v = json!({"text": "t".repeat(200)});
+        let reduced = reduce_children(v, &mut |_, _| {});
+        let expanded = expand(reduced, &mut |_| None);
+        assert!(expanded["text"].get(MISSING_KEY).is_some());
+    }
+}

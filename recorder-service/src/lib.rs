@@ -1,0 +1,20 @@
+//! The Scrim recorder: receives one audit record per exchange from Envoy's access-log stream,
+//! stores it hash-chained, and answers auditors.
+//!
+//! - [`record`]: [`record::StoredRecord`], the filter's [`scrim_core::audit::AuditRecord`]
+//!   merged with Envoy's own fields about the exchange.
+//! - [`envoy`]: turns one Envoy `HTTPAccessLogEntry` into a `StoredRecord` (pure).
+//! - [`ingest`]: the gRPC `AccessLogService` server; counts what it rejects, commits before
+//!   it reads the next message.
+//! - [`store`]: the [`store::Store`] contract and its SQLite implementation.
+//! - [`dedup`]: content addressing that stores each repeated piece of a conversation once.
+//! - [`chain`]: the hash chain and the walk that finds altered, inserted or deleted records.
+//! - [`time`]: formatting epoch milliseconds for people.
+
+pub mod chain;
+pub mod dedup;
+pub mod envoy;
+pub mod ingest;
+pub mod record;
+pub mod store;
+pub mod time;

@@ -1,0 +1,108 @@
+//! The `scrim-recorder` binary as an auditor runs it.
+
+mod common;
+
+use common::*;
+use scrim_recorder::envoy::envoy_fields;
+use scrim_recorder::record::StoredRecord;
+use scrim_recorder::store::sqlite::SqliteStore;
+use scrim_recorder::store::Store;
+use std::process::Command;
+
+fn recorder(db: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn filled(db: &std::path::Path) {
+    let mut store = SqliteStore::open(db).unwrap();
+    for i in 1..=3 {
+        let record = simple_record(&format!("x{i}"), "sess-1", "alice");
+        let envoy = envoy_fields(&record_entry(&record, 1_700_000_000 + i));
+        store.append(&[StoredRecord { record, envoy }]).unwrap();
+    }
+}
+
+#[test]
+fn help_shows_examples() {
+    let out = Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(
+        text.contains("Examples:") && text.contains("sessions list --user alice"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sessions_list_and_show_print_json_with_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    filled(&db);
+    let list: serde_json::Value =
+        serde_json::from_slice(&recorder(&db, &["sessions", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["session_id"], "sess-1");
+    assert_eq!(list[0]["exchanges"], 3);
+    let show: serde_json::Value =
+        serde_json::from_slice(&recorder(&db, &["sessions", "show", "sess-1", "--json"]).stdout)
+            .unwrap();
+    assert_eq!(show[2]["record"]["exchange_id"], "x3");
+    assert_eq!(show[2]["envoy"]["response_code"], 200);
+    let text = String::from_utf8(recorder(&db, &["sessions", "show", "sess-1"]).stdout).unwrap();
+    assert!(
+        text.contains("#1 2023-11-14T22:13:21.000Z x1 POST /v1/messages -> 200 allowed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_session_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    filled(&db);
+    let out = recorder(&db, &["sessions", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("session nope not found"));
+}
+
+#[test]
+fn verify_exits_one_and_names_the_deleted_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    filled(&db);
+    assert!(recorder(&db, &["verify"]).status.success());
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM records WHERE seq = 2", [])
+        .unwrap();
+    let out = recorder(&db, &["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("record 2 was deleted (before record 3)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn export_writes_one_json_line_per_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    filled(&db);
+    let out = recorder(&db, &["export"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(lines[0]["hash"].as_str().unwrap().len(), 64);
+}
