@@ -419,10 +419,12 @@ mod tests {
         );
     }
 
+    type Breakage = Box<dyn Fn(&mut serde_json::Value)>;
+
     /// Each case breaks one field; the error must name that field.
     #[test]
     fn invalid_fields_are_named_in_the_error() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        let cases: Vec<(&str, Breakage, &str)> = vec![
             ("unknown top-level field", Box::new(|v| v["lewway"] = json!(5)), "lewway"),
             ("unknown issuer field", Box::new(|v| v["issuers"][0]["audience"] = json!("x")), "issuers[0].audience"),
             ("wrong type", Box::new(|v| v["issuers"][0]["audiences"] = json!("scrim")), "issuers[0].audiences"),

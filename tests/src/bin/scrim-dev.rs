@@ -100,7 +100,7 @@ async fn run() -> Result<(), String> {
             (Upstream::local(addr), key, Some(stand_in), format!("the local Claude stand-in on http://{addr}"))
         }
     };
-    let config = filter_config(&issuer, &idp.jwks_uri())?;
+    let config = filter_config(&issuer, idp.jwks_uri())?;
     let mut envoy = Envoy::start(&EnvoyOptions {
         gateway_port,
         admin_port,
