@@ -112,20 +112,28 @@ impl RuleSet {
         if !finished {
             // A keyword may be arriving: its first bytes end the buffer.
             let lo = len.saturating_sub(self.max_keyword_len.saturating_sub(1)).max(scan_from);
-            if let Some(i) = (lo..len).find(|&i| self.keyword_prefixes.contains(&bytes[i..].to_ascii_lowercase())) {
-                limit = i;
+            let tail = bytes[lo..].to_ascii_lowercase();
+            if let Some(i) = (0..tail.len()).find(|&i| self.keyword_prefixes.contains(&tail[i..])) {
+                limit = lo + i;
             }
             // A rule whose secret precedes its keyword: the run of bytes that could be such
             // a secret, before a keyword that may be arriving or not have started yet.
             for &r in &self.before_rules {
                 let rule = &self.rules[r as usize];
                 let class = rule.before_class.as_deref().expect("compiled with before_class");
-                let arriving = (lo..len).filter(|&i| {
-                    let tail = bytes[i..].to_ascii_lowercase();
-                    rule.keywords.iter().any(|k| k.len() > tail.len() && k.starts_with(&tail))
-                });
+                let arriving = (0..tail.len())
+                    .filter(|&i| {
+                        let t = &tail[i..];
+                        rule.keywords.iter().any(|k| k.len() > t.len() && k.starts_with(t))
+                    })
+                    .map(|i| lo + i);
                 for i in arriving.chain([len]) {
-                    let run = bytes[..i].iter().rev().take(rule.before).take_while(|&&b| class[b as usize]).count();
+                    let run = bytes[..i]
+                        .iter()
+                        .rev()
+                        .take(rule.before)
+                        .take_while(|&&b| class[b as usize])
+                        .count();
                     limit = limit.min(i - run);
                 }
             }
