@@ -65,6 +65,8 @@ pub struct EnvoyOptions {
     pub run_dir: PathBuf,
     pub concurrency: usize,
     pub buffer_limit_bytes: u64,
+    /// CA bundle that validates an https upstream; the system trust store when `None`.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// A running Envoy; killed when dropped.
@@ -115,7 +117,8 @@ pub fn render(opts: &EnvoyOptions) -> Result<String, String> {
     };
     let tls = if u.tls {
         let mut v = common.clone();
-        v.push(("CA_BUNDLE", yaml_string(CA_BUNDLE)));
+        let ca = opts.upstream_ca.as_deref().unwrap_or(Path::new(CA_BUNDLE));
+        v.push(("CA_BUNDLE", yaml_string(&ca.to_string_lossy())));
         fill(&read("upstream-tls.yaml.tmpl")?, &v)?
     } else {
         String::new()
@@ -157,39 +160,57 @@ pub fn tail(path: &Path, lines: usize) -> String {
 impl Envoy {
     /// Starts Envoy and waits until its admin endpoint reports ready.
     pub async fn start(opts: &EnvoyOptions) -> Result<Envoy, String> {
-        let binary = paths::envoy_binary();
-        if !binary.exists() {
-            return Err(format!("no Envoy at {}: run `make tools`", binary.display()));
-        }
         let wasm = paths::filter_wasm();
         if !wasm.exists() {
             return Err(format!("no filter at {}: run `make wasm`", wasm.display()));
         }
-        fs::create_dir_all(opts.run_dir.join("logs")).map_err(|e| e.to_string())?;
-        let config_path = opts.run_dir.join("envoy.yaml");
-        fs::write(&config_path, render(opts)?).map_err(|e| e.to_string())?;
-        let log_path = opts.run_dir.join("logs/envoy.log");
+        let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut envoy = Envoy::start_config(
+            &render(opts)?,
+            &opts.run_dir,
+            "envoy",
+            opts.concurrency,
+            &opts.api_key,
+            loopback(opts.admin_port),
+        )
+        .await?;
+        envoy.gateway = loopback(opts.gateway_port);
+        envoy.baseline = opts.baseline_port.map(loopback);
+        Ok(envoy)
+    }
+
+    /// Starts Envoy with a ready-made configuration (`name.yaml` and `logs/name.log` in
+    /// `run_dir`) and waits for its admin endpoint at `admin`.
+    pub async fn start_config(
+        config: &str,
+        run_dir: &Path,
+        name: &str,
+        concurrency: usize,
+        api_key: &str,
+        admin: SocketAddr,
+    ) -> Result<Envoy, String> {
+        let binary = paths::envoy_binary();
+        if !binary.exists() {
+            return Err(format!("no Envoy at {}: run `make tools`", binary.display()));
+        }
+        fs::create_dir_all(run_dir.join("logs")).map_err(|e| e.to_string())?;
+        let config_path = run_dir.join(format!("{name}.yaml"));
+        fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let log_path = run_dir.join(format!("logs/{name}.log"));
         let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(&binary)
             .arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", &opts.concurrency.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
             .args(["--log-level", "info", "--disable-hot-restart"])
-            .env("ANTHROPIC_API_KEY", &opts.api_key)
+            .env("ANTHROPIC_API_KEY", api_key)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let mut envoy = Envoy {
-            child: Some(child),
-            gateway: loopback(opts.gateway_port),
-            admin: loopback(opts.admin_port),
-            baseline: opts.baseline_port.map(loopback),
-            log_path,
-        };
+        let mut envoy = Envoy { child: Some(child), gateway: admin, admin, baseline: None, log_path };
         envoy.wait_ready(Duration::from_secs(60)).await?;
         Ok(envoy)
     }

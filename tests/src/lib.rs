@@ -8,6 +8,7 @@
 //! - [`envoy`]: renders `envoy/dev.yaml.tmpl` and runs a real Envoy with the filter.
 //! - [`stack`]: all of the above started together on loopback, for tests and `make run`.
 //! - [`paths`]: where the tools and build outputs are.
+//! - [`tls_front`]: an https upstream with a test CA, for the upstream TLS tests.
 
 pub mod idp;
 pub mod keys;
@@ -16,3 +17,4 @@ pub mod stand_in;
 pub mod envoy;
 pub mod paths;
 pub mod stack;
+pub mod tls_front;

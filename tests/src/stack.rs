@@ -5,6 +5,7 @@ use crate::envoy::{free_port, Envoy, EnvoyOptions, Upstream};
 use crate::idp::DevIdp;
 use crate::keys::SigningKey;
 use crate::stand_in::ClaudeStandIn;
+use crate::tls_front::TlsFront;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -60,11 +61,21 @@ pub struct StackOptions {
     pub filter_config: Option<Box<dyn FnOnce(Value) -> Value>>,
     pub baseline: bool,
     pub concurrency: usize,
+    /// Put the stand-in behind TLS with a certificate for this name (signed by a test CA the
+    /// gateway trusts) and reach it as `https://localhost:<port>`.
+    pub tls_certificate_name: Option<&'static str>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { name: "stack", idp_up: true, filter_config: None, baseline: false, concurrency: 1 }
+        StackOptions {
+            name: "stack",
+            idp_up: true,
+            filter_config: None,
+            baseline: false,
+            concurrency: 1,
+            tls_certificate_name: None,
+        }
     }
 }
 
@@ -75,6 +86,7 @@ pub struct Stack {
     pub key: SigningKey,
     pub stand_in: ClaudeStandIn,
     pub envoy: Envoy,
+    pub tls_front: Option<TlsFront>,
     pub api_key: String,
     pub run_dir: PathBuf,
 }
@@ -98,6 +110,16 @@ impl Stack {
             tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
         let stand_in_addr = stand_in_listener.local_addr().map_err(|e| e.to_string())?;
         let stand_in = ClaudeStandIn::start(stand_in_listener, Some(api_key.clone())).map_err(|e| e.to_string())?;
+        let (upstream, upstream_ca, tls_front) = match opts.tls_certificate_name {
+            None => (Upstream::local(stand_in_addr), None, None),
+            Some(name) => {
+                let dir = run_dir.join("tls");
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let front = TlsFront::start(&dir, name, stand_in_addr).await?;
+                let upstream = Upstream { tls: true, host: "localhost".into(), port: front.port };
+                (upstream, Some(front.ca.clone()), Some(front))
+            }
+        };
         let mut config = dev_filter_config(&issuer, &format!("{issuer}/jwks"));
         if let Some(edit) = opts.filter_config {
             config = edit(config);
@@ -106,7 +128,8 @@ impl Stack {
             gateway_port: free_port(),
             admin_port: free_port(),
             baseline_port: opts.baseline.then(free_port),
-            upstream: Upstream::local(stand_in_addr),
+            upstream,
+            upstream_ca,
             idp: idp_addr,
             filter_config: config,
             api_key: api_key.clone(),
@@ -115,7 +138,7 @@ impl Stack {
             buffer_limit_bytes: DEV_BUFFER_LIMIT,
         })
         .await?;
-        Ok(Stack { idp, idp_addr, issuer, key, stand_in, envoy, api_key, run_dir })
+        Ok(Stack { idp, idp_addr, issuer, key, stand_in, envoy, tls_front, api_key, run_dir })
     }
 
     /// Claims of a valid dev token for `sub` in `groups`; tests change fields to break it.

@@ -108,6 +108,7 @@ fn options(name: &str, api_key: &str, config: Value) -> EnvoyOptions {
         admin_port: free_port(),
         baseline_port: None,
         upstream: Upstream::parse("http://127.0.0.1:9").unwrap(),
+        upstream_ca: None,
         idp: "127.0.0.1:9".parse().unwrap(),
         filter_config: config,
         api_key: api_key.to_string(),

@@ -106,6 +106,7 @@ async fn run() -> Result<(), String> {
         admin_port,
         baseline_port: None,
         upstream,
+        upstream_ca: std::env::var_os("SCRIM_UPSTREAM_CA").map(PathBuf::from),
         idp: idp.addr(),
         filter_config: config,
         api_key,
