@@ -1,8 +1,9 @@
 //! The gRPC `AccessLogService` that Envoy's `envoy.access_loggers.http_grpc` streams to.
 //!
-//! Each message's entries are extracted ([`crate::envoy::extract`]), the good ones appended to
-//! the store in one transaction, and only then is the next message read: when the handler
-//! returns, everything it received has been committed. Rejected entries are counted in
+//! Each message's entries are extracted ([`crate::envoy::extract`]) and the good ones appended
+//! to the store in one transaction (together with any messages already waiting on the same
+//! stream), and only then is the stream read again: when the handler returns, everything it
+//! received has been committed. Rejected entries are counted in
 //! [`IngestStats`] and logged; ingestion goes on. A store failure ends the stream with
 //! `UNAVAILABLE` so Envoy reconnects instead of believing the batch was taken.
 //!
@@ -187,13 +188,44 @@ impl AccessLogService for Ingest {
     ) -> Result<Response<StreamAccessLogsResponse>, Status> {
         let mut stream = request.into_inner();
         while let Some(message) = stream.message().await? {
-            let batch = self.batch(message);
+            let mut batch = self.batch(message);
+            // Group commit: messages that arrived while the last commit ran join this one, so
+            // a backlog costs one fsync per group instead of one per message.
+            while batch.len() < MAX_GROUP_RECORDS {
+                match ready_message(&mut stream).await {
+                    Some(Ok(message)) => batch.extend(self.batch(message)),
+                    Some(Err(status)) => {
+                        // Keep what already arrived, then end the stream with the error.
+                        if !batch.is_empty() {
+                            self.commit(batch).await?;
+                        }
+                        return Err(status);
+                    }
+                    None => break,
+                }
+            }
             if !batch.is_empty() {
                 self.commit(batch).await?;
             }
         }
         Ok(Response::new(StreamAccessLogsResponse {}))
     }
+}
+
+/// Most records committed in one transaction.
+const MAX_GROUP_RECORDS: usize = 1000;
+
+/// The next message if one is already decoded or buffered, without waiting for the network.
+/// `None` also when the stream ended (the outer loop then sees the end).
+async fn ready_message(
+    stream: &mut Streaming<StreamAccessLogsMessage>,
+) -> Option<Result<StreamAccessLogsMessage, Status>> {
+    use tokio_stream::Stream;
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *stream).poll_next(cx) {
+        std::task::Poll::Ready(Some(item)) => std::task::Poll::Ready(Some(item)),
+        std::task::Poll::Ready(None) | std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// Serves the ingest service on `listener` until `shutdown` completes.

@@ -106,3 +106,42 @@ fn export_writes_one_json_line_per_exchange() {
     assert_eq!(lines[0]["seq"], 1);
     assert_eq!(lines[0]["hash"].as_str().unwrap().len(), 64);
 }
+
+#[tokio::test]
+async fn serve_prints_its_address_and_stores_what_envoy_sends() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
+        .arg("--db")
+        .arg(&db)
+        .args(["serve", "--grpc-listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Readiness: the listener is bound before this line is printed.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+
+    let record = simple_record("bin-1", "sess-bin", "dave");
+    send_to(
+        addr,
+        vec![message(vec![record_entry(&record, 1_700_000_000)])],
+    )
+    .await
+    .unwrap();
+    // SIGKILL, not a graceful stop: whatever a finished stream carried is already committed.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let stored = SqliteStore::open(&db).unwrap().session("sess-bin").unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].stored.record, record);
+}

@@ -218,7 +218,11 @@ pub fn words(seed: u64, bytes: usize) -> String {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         s.push_str(WORDS[(state >> 33) as usize % WORDS.len()]);
-        s.push(if (state >> 20) % 11 == 0 { '\n' } else { ' ' });
+        s.push(if (state >> 20).is_multiple_of(11) {
+            '\n'
+        } else {
+            ' '
+        });
     }
     s
 }
