@@ -3,14 +3,13 @@
 //! SHA-256 of its bytes and replaced by a reference. Pure; the caller stores the pieces.
 //!
 //! The reduction is bottom-up (a Merkle tree): a long string becomes a reference first, then
-//! the message holding it, then the list of messages. A turn therefore adds its new messages
-//! plus one list of references, not another copy of the conversation. The list of references
-//! still grows with the turn number (about 80 bytes per message per turn): storage is
-//! quadratic in turns with that small constant, linear in content.
+//! the message holding it, then the list of messages. Lists longer than [`CHUNK_LEN`] are cut
+//! into chunks at fixed positions, so a turn adds its new messages, its newest chunk and a
+//! list of chunk references, not another copy of the conversation nor of every reference.
 //!
-//! A reference is the one-key object `{"$scrim_ref": "<hex sha-256>"}`. A one-key object in
-//! the data whose key is `$scrim_ref` or `$scrim_lit` is wrapped as `{"$scrim_lit": {...}}`
-//! so it cannot be mistaken for a reference.
+//! A reference is the one-key object `{"$scrim_ref": "<hex sha-256>"}`, a chunked list the
+//! one-key object `{"$scrim_chunks": [...]}`. A one-key object in the data whose key is one of
+//! these or `$scrim_lit` is wrapped as `{"$scrim_lit": {...}}` so it cannot be mistaken.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -19,6 +18,10 @@ use sha2::{Digest, Sha256};
 pub const MIN_SHARED_BYTES: usize = 128;
 const REF_KEY: &str = "$scrim_ref";
 const LIT_KEY: &str = "$scrim_lit";
+/// `{"$scrim_chunks": [...]}` stands for an array longer than [`CHUNK_LEN`], cut into chunks.
+const CHUNKS_KEY: &str = "$scrim_chunks";
+/// Arrays longer than this are cut into chunks of this many elements.
+pub const CHUNK_LEN: usize = 16;
 /// Placed where a referenced piece is absent (purged or lost) so the rest still reads.
 pub const MISSING_KEY: &str = "$scrim_missing";
 
@@ -41,6 +44,23 @@ pub fn hex(bytes: &[u8]) -> String {
 /// each piece to `sink(hash, bytes)`. The same piece may be handed over more than once.
 pub fn reduce_children(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value {
     match value {
+        Value::Array(items) if items.len() > CHUNK_LEN => {
+            // Fixed index boundaries: an append-only list (the conversation) keeps its earlier
+            // chunks byte-identical turn after turn, so only the newest chunk is new.
+            let mut chunks = Vec::with_capacity(items.len().div_ceil(CHUNK_LEN));
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                let chunk = items
+                    .by_ref()
+                    .take(CHUNK_LEN)
+                    .map(|v| reduce(v, sink))
+                    .collect();
+                chunks.push(share(Value::Array(chunk), sink));
+            }
+            let mut m = Map::new();
+            m.insert(CHUNKS_KEY.to_owned(), Value::Array(chunks));
+            Value::Object(m)
+        }
         Value::Array(items) => Value::Array(items.into_iter().map(|v| reduce(v, sink)).collect()),
         Value::Object(map) => escape(map.into_iter().map(|(k, v)| (k, reduce(v, sink))).collect()),
         other => other,
@@ -49,6 +69,11 @@ pub fn reduce_children(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value
 
 fn reduce(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value {
     let value = reduce_children(value, sink);
+    share(value, sink)
+}
+
+/// `value` itself as a piece and a reference, if it is big enough.
+fn share(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value {
     if matches!(value, Value::Null | Value::Bool(_) | Value::Number(_)) {
         return value;
     }
@@ -68,7 +93,10 @@ fn reference(hash: String) -> Value {
 }
 
 fn escape(map: Map<String, Value>) -> Value {
-    let ambiguous = map.len() == 1 && map.keys().all(|k| k == REF_KEY || k == LIT_KEY);
+    let ambiguous = map.len() == 1
+        && map
+            .keys()
+            .all(|k| k == REF_KEY || k == LIT_KEY || k == CHUNKS_KEY);
     if ambiguous {
         let mut outer = Map::new();
         outer.insert(LIT_KEY.to_owned(), Value::Object(map));
@@ -115,6 +143,21 @@ pub fn expand(value: Value, load: &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> Va
     }
     match value {
         Value::Array(items) => Value::Array(items.into_iter().map(|v| expand(v, load)).collect()),
+        Value::Object(mut map)
+            if map.len() == 1 && matches!(map.get(CHUNKS_KEY), Some(Value::Array(_))) =>
+        {
+            let Some(Value::Array(chunks)) = map.remove(CHUNKS_KEY) else {
+                unreachable!("checked above")
+            };
+            let mut items = Vec::new();
+            for chunk in chunks {
+                match expand(chunk, load) {
+                    Value::Array(part) => items.extend(part),
+                    missing => items.push(missing),
+                }
+            }
+            Value::Array(items)
+        }
         Value::Object(map) => {
             let map: Map<String, Value> = match unwrap_literal(map) {
                 Ok(inner) => inner,
@@ -169,8 +212,37 @@ mod tests {
     }
 
     #[test]
+    fn long_lists_round_trip_through_chunks() {
+        for n in [0, 1, 15, 16, 17, 32, 33, 100] {
+            let v = json!({"list": (0..n).map(|i| json!({"i": i, "text": format!("{i}").repeat(50)})).collect::<Vec<_>>()});
+            assert_eq!(round_trip(v.clone()).0, v, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn appending_to_a_long_list_adds_one_chunk_not_a_copy_of_every_reference() {
+        let item = |i: usize| json!({"role": "user", "content": format!("{i:04}").repeat(100)});
+        let mut known = std::collections::HashSet::new();
+        let mut new_bytes_last_turn = 0;
+        for turn in 1..=100 {
+            new_bytes_last_turn = 0;
+            let v = json!({"messages": (0..turn).map(item).collect::<Vec<_>>()});
+            reduce_children(v, &mut |h, b| {
+                if known.insert(h.to_owned()) {
+                    new_bytes_last_turn += b.len();
+                }
+            });
+        }
+        // The new message (~420 B), the newest chunk (16 references) and the chunk list.
+        assert!(
+            new_bytes_last_turn < 420 + 17 * 80 + 8 * 80,
+            "{new_bytes_last_turn}"
+        );
+    }
+
+    #[test]
     fn data_that_looks_like_a_reference_survives() {
-        let v = json!({"a": {"$scrim_ref": "x"}, "b": {"$scrim_lit": {"$scrim_ref": "y"}}, "c": "q".repeat(200)});
+        let v = json!({"a": {"$scrim_ref": "x"}, "b": {"$scrim_lit": {"$scrim_ref": "y"}}, "d": {"$scrim_chunks": []}, "c": "q".repeat(200)});
         assert_eq!(round_trip(v.clone()).0, v);
     }
 
