@@ -6,7 +6,9 @@
 //! failing on a request. The field docs below are the user documentation of the schema.
 
 use crate::jwks::KeySet;
+use crate::rules::{builtin_raw_rules, compile_rules, RawRule, RuleError, RuleSet, DEFAULT_PLACEHOLDER};
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// The plugin configuration as written (the `configuration` string of the Envoy wasm filter).
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +43,49 @@ pub struct RawConfig {
     /// Timing of key-set fetches.
     #[serde(default)]
     pub jwks: RawJwksTiming,
+    /// Secret masking in both directions.
+    #[serde(default)]
+    pub masking: RawMasking,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMasking {
+    /// Use the built-in rules (filter/rules/builtin.toml). Default true.
+    #[serde(default = "default_true")]
+    pub builtin_rules: bool,
+    /// Ids of built-in rules to leave out. An id no built-in rule has is an error.
+    #[serde(default)]
+    pub disabled_rules: Vec<String>,
+    /// Extra rules, in the built-in rules' schema (id, description, regex, keywords, …).
+    #[serde(default)]
+    pub custom_rules: Vec<RawRule>,
+    /// Replacement text; `{id}` becomes the rule id. Must not itself look like a secret.
+    /// Default `[REDACTED:{id}]`.
+    #[serde(default = "default_placeholder")]
+    pub placeholder: String,
+    /// Largest request body inspected, in bytes; a larger one is refused with 413 (never
+    /// forwarded unread). Default 32 MiB (the Messages API's own limit). Envoy's
+    /// `per_connection_buffer_limit_bytes` must be larger.
+    #[serde(default = "default_max_body")]
+    pub max_request_bytes: usize,
+    /// Largest non-streamed response body inspected; a larger one is replaced by a 502
+    /// error. Streamed (SSE) responses are never buffered whole. Default 32 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_response_bytes: usize,
+}
+
+impl Default for RawMasking {
+    fn default() -> Self {
+        RawMasking {
+            builtin_rules: true,
+            disabled_rules: Vec::new(),
+            custom_rules: Vec::new(),
+            placeholder: default_placeholder(),
+            max_request_bytes: default_max_body(),
+            max_response_bytes: default_max_body(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +170,15 @@ impl Default for RawJwksTiming {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
+fn default_placeholder() -> String {
+    DEFAULT_PLACEHOLDER.into()
+}
+fn default_max_body() -> usize {
+    32 * 1024 * 1024
+}
 fn default_groups_claim() -> String {
     "groups".into()
 }
@@ -230,6 +284,15 @@ pub struct Config {
     pub upstream_credential: UpstreamCredential,
     pub token_cache_entries: usize,
     pub jwks: JwksTiming,
+    pub masking: Masking,
+}
+
+/// Compiled masking settings.
+#[derive(Debug, Clone)]
+pub struct Masking {
+    pub rules: Arc<RuleSet>,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
 }
 
 impl Config {
@@ -272,6 +335,43 @@ fn is_header_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Builds the rule set; a bad rule is reported under the field that holds it.
+fn compile_masking(raw: RawMasking) -> Result<Masking, ConfigError> {
+    let builtin = if raw.builtin_rules {
+        builtin_raw_rules().map_err(|e| err("masking.builtin_rules", e.to_string()))?
+    } else {
+        if !raw.disabled_rules.is_empty() {
+            return Err(err("masking.disabled_rules", "built-in rules are off: nothing to disable"));
+        }
+        Vec::new()
+    };
+    let custom_field = |rule: &str, field: &str| match raw.custom_rules.iter().position(|r| r.id == rule) {
+        Some(i) if field.is_empty() => format!("masking.custom_rules[{i}]"),
+        Some(i) => format!("masking.custom_rules[{i}].{field}"),
+        None => "masking.builtin_rules".to_string(),
+    };
+    let rules = compile_rules(&builtin, &raw.custom_rules, &raw.disabled_rules).map_err(|e| match &e {
+        RuleError::InvalidField { rule, field, .. } => err(custom_field(rule, field), e.to_string()),
+        RuleError::DuplicateId { rule } => err(custom_field(rule, "id"), e.to_string()),
+        RuleError::UnknownDisabled { .. } => err("masking.disabled_rules", e.to_string()),
+        _ => err("masking.custom_rules", e.to_string()),
+    })?;
+    let rules = rules
+        .with_placeholder(&raw.placeholder)
+        .map_err(|e| err("masking.placeholder", e.to_string()))?;
+    if raw.max_request_bytes < 1024 {
+        return Err(err("masking.max_request_bytes", "at least 1024"));
+    }
+    if raw.max_response_bytes < 1024 {
+        return Err(err("masking.max_response_bytes", "at least 1024"));
+    }
+    Ok(Masking {
+        rules: Arc::new(rules),
+        max_request_bytes: raw.max_request_bytes,
+        max_response_bytes: raw.max_response_bytes,
+    })
 }
 
 /// Checks every field of a raw configuration and builds the configuration the filter runs with.
@@ -354,7 +454,9 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if !(100..=60_000).contains(&t.fetch_timeout_ms) {
         return Err(err("jwks.fetch_timeout_ms", "between 100 and 60000"));
     }
+    let masking = compile_masking(raw.masking)?;
     Ok(Config {
+        masking,
         issuers,
         allowed_groups: raw.allowed_groups,
         any_group,
@@ -455,6 +557,32 @@ mod tests {
                 assert!(e.message.contains("lewway"), "{name}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn bad_custom_rule_is_named_by_its_position_and_field() {
+        let mut v = base();
+        v["masking"] = json!({"custom_rules": [
+            {"id": "acme-token", "description": "ok", "regex": "(acme_[a-z0-9]{20})", "keywords": ["acme_"]},
+            {"id": "broken", "description": "bad regex", "regex": "(unclosed", "keywords": ["x"]}
+        ]});
+        let e = compile_json(&v).unwrap_err();
+        assert_eq!(e.field, "masking.custom_rules[1].regex", "{e}");
+        v["masking"] = json!({"disabled_rules": ["no-such-rule"]});
+        assert_eq!(compile_json(&v).unwrap_err().field, "masking.disabled_rules");
+        v["masking"] = json!({"placeholder": "<hidden>"});
+        assert_eq!(compile_json(&v).unwrap_err().field, "masking.placeholder");
+    }
+
+    #[test]
+    fn custom_rules_mask_alongside_the_builtin_ones() {
+        let mut v = base();
+        v["masking"] = json!({"custom_rules": [
+            {"id": "acme-token", "description": "Acme internal token", "regex": "(acme_[a-z0-9]{20})", "keywords": ["acme_"]}
+        ]});
+        let c = compile_json(&v).unwrap();
+        let out = c.masking.rules.mask("use acme_abcdefghij0123456789 here");
+        assert_eq!(out.text, "use [REDACTED:acme-token] here");
     }
 
     #[test]
