@@ -57,8 +57,21 @@ impl RecordedRequest {
     }
 }
 
+/// A reply given byte for byte: each chunk is its own body frame (so a test decides where the
+/// network splits an event), with the headers it names.
+#[derive(Clone, Debug, Default)]
+pub struct ScriptedReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub chunks: Vec<Vec<u8>>,
+    /// Pause between chunks, so each one leaves in its own network write and the gateway
+    /// reads it separately (a pacing of the upstream, not a test synchronisation).
+    pub pace: std::time::Duration,
+}
+
 struct StandInState {
     expected_api_key: Option<String>,
+    script: Mutex<Option<ScriptedReply>>,
     reply_text: Mutex<String>,
     requests: Mutex<Vec<RecordedRequest>>,
     /// `true` while streams must wait after their first delta.
@@ -84,6 +97,7 @@ impl ClaudeStandIn {
     ) -> io::Result<ClaudeStandIn> {
         let state = Arc::new(StandInState {
             expected_api_key,
+            script: Mutex::new(None),
             reply_text: Mutex::new(DEFAULT_REPLY.to_string()),
             requests: Mutex::new(Vec::new()),
             held: watch::Sender::new(false),
@@ -126,6 +140,11 @@ impl ClaudeStandIn {
     /// The text every later reply (streamed or not) carries.
     pub fn set_reply_text(&self, text: impl Into<String>) {
         *lock(&self.state.reply_text) = text.into();
+    }
+
+    /// Every later `/v1/messages` answer is exactly this reply, whatever the request asked.
+    pub fn set_scripted_reply(&self, reply: ScriptedReply) {
+        *lock(&self.state.script) = Some(reply);
     }
 
     pub fn reply_text(&self) -> String {
@@ -267,7 +286,28 @@ fn tokens_for(bytes: usize) -> usize {
     (bytes / 4).max(1)
 }
 
+fn scripted(reply: ScriptedReply) -> Response {
+    let mut builder = Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let pace = reply.pace;
+    let frames = futures_util::stream::unfold(reply.chunks.into_iter(), move |mut chunks| async move {
+        let chunk = chunks.next()?;
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+        Some((Ok::<_, Infallible>(Bytes::from(chunk)), chunks))
+    });
+    builder
+        .body(Body::from_stream(frames))
+        .unwrap_or_else(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", &e.to_string()))
+}
+
 async fn messages(State(state): State<Arc<StandInState>>, body: Bytes) -> Response {
+    if let Some(reply) = lock(&state.script).clone() {
+        return scripted(reply);
+    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return api_error(
             StatusCode::BAD_REQUEST,

@@ -9,6 +9,7 @@
 //! - [`jwks`]: parsing a JWKS document into keys usable for verification.
 //! - [`keystore`]: per-VM key sets and when to fetch them again.
 //! - [`credential`]: which headers to drop and which to set towards the upstream.
+//! - [`transcript`]: what the client saw, rebuilt from the bytes sent, for the audit record.
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
 //! - [`mask`]: one-shot masking of a text with a `RuleSet`.
@@ -27,3 +28,4 @@ pub mod mask;
 pub mod rules;
 pub mod stream_mask;
 pub mod sse;
+pub mod transcript;
