@@ -5,6 +5,7 @@
 //! names the offending field on error, so the filter refuses to start on a bad file instead of
 //! failing on a request. The field docs below are the user documentation of the schema.
 
+use crate::audit::ContentMode;
 use crate::jwks::KeySet;
 use crate::rules::{builtin_raw_rules, compile_rules, RawRule, RuleError, RuleSet, DEFAULT_PLACEHOLDER};
 use serde::Deserialize;
@@ -46,6 +47,37 @@ pub struct RawConfig {
     /// Secret masking in both directions.
     #[serde(default)]
     pub masking: RawMasking,
+    /// The audit record handed to Envoy's access log for every exchange.
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// `full` (default): metadata plus the masked request and the response as the client saw
+    /// it. `metadata`: identity, decision, counts, usage and timings only.
+    #[serde(default)]
+    pub content: ContentMode,
+    /// Largest record in bytes; bigger ones lose the request body first, then the response
+    /// text, and are marked `truncated`. Default 8 MiB, between 4 KiB and 64 MiB (the
+    /// recorder's own cap must be at least as large).
+    #[serde(default = "default_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Without `x-claude-code-session-id`, a user's requests are one session until this many
+    /// seconds pass without one. Default 1800.
+    #[serde(default = "default_session_idle")]
+    pub session_idle_seconds: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            content: ContentMode::default(),
+            max_record_bytes: default_record_bytes(),
+            session_idle_seconds: default_session_idle(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +202,12 @@ impl Default for RawJwksTiming {
     }
 }
 
+fn default_record_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_session_idle() -> u64 {
+    1800
+}
 fn default_true() -> bool {
     true
 }
@@ -285,6 +323,7 @@ pub struct Config {
     pub token_cache_entries: usize,
     pub jwks: JwksTiming,
     pub masking: Masking,
+    pub audit: RawAudit,
 }
 
 /// Compiled masking settings.
@@ -455,7 +494,14 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(err("jwks.fetch_timeout_ms", "between 100 and 60000"));
     }
     let masking = compile_masking(raw.masking)?;
+    if !(4096..=64 * 1024 * 1024).contains(&raw.audit.max_record_bytes) {
+        return Err(err("audit.max_record_bytes", "between 4096 and 67108864"));
+    }
+    if raw.audit.session_idle_seconds == 0 {
+        return Err(err("audit.session_idle_seconds", "at least 1"));
+    }
     Ok(Config {
+        audit: raw.audit,
         masking,
         issuers,
         allowed_groups: raw.allowed_groups,

@@ -9,6 +9,7 @@
 //! - [`jwks`]: parsing a JWKS document into keys usable for verification.
 //! - [`keystore`]: per-VM key sets and when to fetch them again.
 //! - [`credential`]: which headers to drop and which to set towards the upstream.
+//! - [`exchange`]: one exchange gathered along the callbacks, turned into its audit record.
 //! - [`transcript`]: what the client saw, rebuilt from the bytes sent, for the audit record.
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
@@ -29,3 +30,4 @@ pub mod rules;
 pub mod stream_mask;
 pub mod sse;
 pub mod transcript;
+pub mod exchange;
