@@ -17,6 +17,8 @@
 //! - [`stream_mask`]: masking a text stream pushed in pieces, equal to one-shot masking.
 //! - [`sse`]: incremental server-sent-events framing that keeps each event's exact bytes.
 //! - [`audit`]: the audit record schema shared with the recorder.
+//! - [`anthropic`]: masking whole Messages API request and response bodies.
+//! - [`anthropic_stream`]: masking a streamed (SSE) Messages API response, split anywhere.
 
 pub mod auth;
 pub mod config;
@@ -31,3 +33,5 @@ pub mod stream_mask;
 pub mod sse;
 pub mod transcript;
 pub mod exchange;
+pub mod anthropic;
+pub mod anthropic_stream;
