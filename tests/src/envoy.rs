@@ -57,6 +57,10 @@ pub struct EnvoyOptions {
     pub baseline_port: Option<u16>,
     pub upstream: Upstream,
     pub idp: SocketAddr,
+    /// The recorder's gRPC access-log listener.
+    pub recorder_port: u16,
+    /// How often Envoy ships buffered access-log entries (`1s` in production, shorter in tests).
+    pub audit_flush_interval: &'static str,
     /// The filter's plugin configuration (see filter/core/src/config.rs).
     pub filter_config: serde_json::Value,
     /// The service key, given to Envoy's environment as `ANTHROPIC_API_KEY`.
@@ -138,6 +142,8 @@ pub fn render(opts: &EnvoyOptions) -> Result<String, String> {
         ("UPSTREAM_TLS", tls),
         ("IDP_ADDRESS", yaml_string(&opts.idp.ip().to_string())),
         ("IDP_PORT", opts.idp.port().to_string()),
+        ("RECORDER_PORT", opts.recorder_port.to_string()),
+        ("AUDIT_FLUSH_INTERVAL", opts.audit_flush_interval.to_string()),
     ]);
     fill(&read("dev.yaml.tmpl")?, &v)
 }

@@ -6,6 +6,7 @@
 //! - [`stand_in`]: [`stand_in::ClaudeStandIn`], a local Anthropic Messages API that records
 //!   every request and can hold a stream open mid-response.
 //! - [`envoy`]: renders `envoy/dev.yaml.tmpl` and runs a real Envoy with the filter.
+//! - [`recorder`]: the recorder service in-process on loopback, with queries for tests.
 //! - [`stack`]: all of the above started together on loopback, for tests and `make run`.
 //! - [`paths`]: where the tools and build outputs are.
 //! - [`tls_front`]: an https upstream with a test CA, for the upstream TLS tests.
@@ -18,3 +19,4 @@ pub mod envoy;
 pub mod paths;
 pub mod stack;
 pub mod tls_front;
+pub mod recorder;

@@ -4,6 +4,7 @@
 use crate::envoy::{free_port, Envoy, EnvoyOptions, Upstream};
 use crate::idp::DevIdp;
 use crate::keys::SigningKey;
+use crate::recorder::Recorder;
 use crate::stand_in::ClaudeStandIn;
 use crate::tls_front::TlsFront;
 use jsonwebtoken::Algorithm;
@@ -86,6 +87,7 @@ pub struct Stack {
     pub key: SigningKey,
     pub stand_in: ClaudeStandIn,
     pub envoy: Envoy,
+    pub recorder: Recorder,
     pub tls_front: Option<TlsFront>,
     pub api_key: String,
     pub run_dir: PathBuf,
@@ -120,6 +122,10 @@ impl Stack {
                 (upstream, Some(front.ca.clone()), Some(front))
             }
         };
+        let recorder_listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let recorder_port = recorder_listener.local_addr().map_err(|e| e.to_string())?.port();
+        let recorder = Recorder::start(recorder_listener, &run_dir.join("recorder.db")).await?;
         let mut config = dev_filter_config(&issuer, &format!("{issuer}/jwks"));
         if let Some(edit) = opts.filter_config {
             config = edit(config);
@@ -131,6 +137,8 @@ impl Stack {
             upstream,
             upstream_ca,
             idp: idp_addr,
+            recorder_port,
+            audit_flush_interval: "0.1s",
             filter_config: config,
             api_key: api_key.clone(),
             run_dir: run_dir.clone(),
@@ -138,7 +146,7 @@ impl Stack {
             buffer_limit_bytes: DEV_BUFFER_LIMIT,
         })
         .await?;
-        Ok(Stack { idp, idp_addr, issuer, key, stand_in, envoy, tls_front, api_key, run_dir })
+        Ok(Stack { idp, idp_addr, issuer, key, stand_in, envoy, recorder, tls_front, api_key, run_dir })
     }
 
     /// Claims of a valid dev token for `sub` in `groups`; tests change fields to break it.

@@ -71,6 +71,8 @@ async fn idp_down_at_start_gives_503_and_recovers_when_it_comes_back() {
 async fn sse_events_reach_the_client_before_the_upstream_finishes() {
     use futures_util::StreamExt;
     let stack = Stack::start(StackOptions { name: "streaming", ..Default::default() }).await.unwrap();
+    // The first delta ends between words, so the masker has nothing to hold back.
+    stack.stand_in.set_reply_text("Hi, all of you: this arrives in pieces.");
     let gate = stack.stand_in.hold_streams();
     let resp = reqwest::Client::new()
         .post(stack.url("/v1/messages?beta=true"))
@@ -110,6 +112,8 @@ fn options(name: &str, api_key: &str, config: Value) -> EnvoyOptions {
         upstream: Upstream::parse("http://127.0.0.1:9").unwrap(),
         upstream_ca: None,
         idp: "127.0.0.1:9".parse().unwrap(),
+        recorder_port: 9,
+        audit_flush_interval: "1s",
         filter_config: config,
         api_key: api_key.to_string(),
         run_dir: scratch_dir(name),

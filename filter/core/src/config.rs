@@ -5,6 +5,7 @@
 //! names the offending field on error, so the filter refuses to start on a bad file instead of
 //! failing on a request. The field docs below are the user documentation of the schema.
 
+use crate::anthropic_stream::ThinkingMode;
 use crate::audit::ContentMode;
 use crate::jwks::KeySet;
 use crate::rules::{builtin_raw_rules, compile_rules, RawRule, RuleError, RuleSet, DEFAULT_PLACEHOLDER};
@@ -105,6 +106,13 @@ pub struct RawMasking {
     /// error. Streamed (SSE) responses are never buffered whole. Default 32 MiB.
     #[serde(default = "default_max_body")]
     pub max_response_bytes: usize,
+    /// Claude's thinking text: `mask` (default) masks it like any other text; `pass` forwards
+    /// it unchanged. A masked thinking block no longer matches its signature: if the client
+    /// sends that block back in a later turn, the API may reject it. With the default
+    /// `display: "omitted"` of Claude Code, thinking blocks carry only a signature and nothing
+    /// is masked.
+    #[serde(default)]
+    pub thinking: ThinkingMode,
 }
 
 impl Default for RawMasking {
@@ -116,6 +124,7 @@ impl Default for RawMasking {
             placeholder: default_placeholder(),
             max_request_bytes: default_max_body(),
             max_response_bytes: default_max_body(),
+            thinking: ThinkingMode::default(),
         }
     }
 }
@@ -332,6 +341,7 @@ pub struct Masking {
     pub rules: Arc<RuleSet>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
+    pub thinking: ThinkingMode,
 }
 
 impl Config {
@@ -410,6 +420,7 @@ fn compile_masking(raw: RawMasking) -> Result<Masking, ConfigError> {
         rules: Arc::new(rules),
         max_request_bytes: raw.max_request_bytes,
         max_response_bytes: raw.max_response_bytes,
+        thinking: raw.thinking,
     })
 }
 

@@ -48,6 +48,7 @@ impl Metrics {
         names.extend(AuthError::REASONS.iter().map(|r| format!("scrim.jwt_failures.{r}")));
         names.extend(["scrim.jwks.refresh_ok", "scrim.jwks.refresh_failed"].map(String::from));
         names.extend(["scrim.token_cache.hit", "scrim.token_cache.miss"].map(String::from));
+        names.extend(["scrim.masked.request", "scrim.masked.response"].map(String::from));
         let mut ids = HashMap::new();
         for name in names {
             // A host that refuses a metric only loses that figure; requests still work.
@@ -59,9 +60,19 @@ impl Metrics {
     }
 
     fn bump(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    fn add(&self, name: &str, n: i64) {
         if let Some(id) = self.ids.get(name) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            let _ = hostcalls::increment_metric(*id, n);
         }
+    }
+
+    /// Secrets masked, by direction.
+    pub fn masked(&self, request: bool, count: usize) {
+        let n = i64::try_from(count).unwrap_or(i64::MAX);
+        self.add(if request { "scrim.masked.request" } else { "scrim.masked.response" }, n);
     }
 
     pub fn decision(&self, d: Decision) {

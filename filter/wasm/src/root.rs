@@ -9,6 +9,7 @@ use proxy_wasm::types::ContextType;
 use scrim_core::auth::TokenCache;
 use scrim_core::config::{Config, JwksEndpoint, KeySource};
 use scrim_core::credential::ServiceKey;
+use scrim_core::exchange::SessionTracker;
 use scrim_core::jwks::KeySet;
 use scrim_core::keystore::KeyStore;
 use std::cell::RefCell;
@@ -25,6 +26,7 @@ pub struct Shared {
     pub service_key: ServiceKey,
     pub keys: KeyStore,
     pub cache: TokenCache,
+    pub sessions: SessionTracker,
     pub metrics: Metrics,
 }
 
@@ -39,6 +41,10 @@ pub struct ScrimRoot {
 
 pub fn seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Starts a JWKS fetch through the issuer's cluster; the response arrives in the caller's
@@ -149,7 +155,8 @@ impl RootContext for ScrimRoot {
         let keys = KeyStore::new(&config);
         let cache = TokenCache::new(config.token_cache_entries);
         let metrics = Metrics::define();
-        self.shared = Some(Rc::new(RefCell::new(Shared { config, service_key, keys, cache, metrics })));
+        let sessions = SessionTracker::new(config.audit.session_idle_seconds * 1000, 10_000);
+        self.shared = Some(Rc::new(RefCell::new(Shared { config, service_key, keys, cache, sessions, metrics })));
         // The first tick fires one period after start: fetch now as well.
         self.start_due_fetches();
         self.set_tick_period(Duration::from_secs(1));

@@ -6,6 +6,7 @@
 
 use scrim_devstack::envoy::{Envoy, EnvoyOptions, Upstream};
 use scrim_devstack::idp::{DevIdentity, DevIdp};
+use scrim_devstack::recorder::Recorder;
 use scrim_devstack::stack::{dev_filter_config, rand_u64, DEV_AUDIENCE, DEV_BUFFER_LIMIT};
 use scrim_devstack::stand_in::ClaudeStandIn;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,7 @@ async fn run() -> Result<(), String> {
     let admin_port = port("SCRIM_ADMIN_PORT", 9901)?;
     let idp_port = port("SCRIM_IDP_PORT", 9902)?;
     let stand_in_port = port("SCRIM_STAND_IN_PORT", 9903)?;
+    let recorder_port = port("SCRIM_RECORDER_PORT", 9904)?;
     check_free("SCRIM_PORT", gateway_port)?;
     check_free("SCRIM_ADMIN_PORT", admin_port)?;
     std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -80,6 +82,10 @@ async fn run() -> Result<(), String> {
     let identity = DevIdentity::load_or_create(&dir.join("idp"), &issuer).map_err(|e| e.to_string())?;
     let idp_listener = bind("SCRIM_IDP_PORT", idp_port).await?;
     let idp = DevIdp::start(idp_listener, issuer.clone(), identity.keys()).map_err(|e| e.to_string())?;
+
+    let recorder_listener = bind("SCRIM_RECORDER_PORT", recorder_port).await?;
+    let db = dir.join("recorder.db");
+    let _recorder = Recorder::start(recorder_listener, &db).await?;
 
     let key = service_key()?;
     let upstream_url = std::env::var("SCRIM_UPSTREAM").ok().filter(|u| !u.is_empty());
@@ -108,6 +114,8 @@ async fn run() -> Result<(), String> {
         upstream,
         upstream_ca: std::env::var_os("SCRIM_UPSTREAM_CA").map(PathBuf::from),
         idp: idp.addr(),
+        recorder_port,
+        audit_flush_interval: "1s",
         filter_config: config,
         api_key,
         run_dir: dir.clone(),
@@ -115,7 +123,7 @@ async fn run() -> Result<(), String> {
         buffer_limit_bytes: DEV_BUFFER_LIMIT,
     })
     .await?;
-    print_welcome(&dir, gateway_port, admin_port, &issuer, &upstream_text);
+    print_welcome(&dir, gateway_port, admin_port, &issuer, &upstream_text, &db);
 
     let mut watch = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -135,7 +143,7 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
-fn print_welcome(dir: &Path, port: u16, admin: u16, issuer: &str, upstream: &str) {
+fn print_welcome(dir: &Path, port: u16, admin: u16, issuer: &str, upstream: &str, db: &Path) {
     let base = format!("http://127.0.0.1:{port}");
     println!(
         "Scrim gateway is up on {base} (admin http://127.0.0.1:{admin}), forwarding to {upstream}.
@@ -152,9 +160,14 @@ Try it:
 Claude Code:
   ANTHROPIC_BASE_URL={base} ANTHROPIC_AUTH_TOKEN=$TOKEN claude
 
+Every exchange is recorded in {db} (tamper-evident); for auditors:
+  cargo run -q -p scrim-recorder -- --db {db} sessions list
+  cargo run -q -p scrim-recorder -- --db {db} verify
+
 Ctrl-C stops everything.",
         idp = dir.join("idp").display(),
         logs = dir.join("logs").display(),
+        db = db.display(),
     );
 }
 
