@@ -477,3 +477,412 @@ impl JsonLexer {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::expand_example;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::sync::OnceLock;
+
+    fn builtin() -> Arc<RuleSet> {
+        static SET: OnceLock<Arc<RuleSet>> = OnceLock::new();
+        SET.get_or_init(|| Arc::new(RuleSet::builtin().unwrap())).clone()
+    }
+
+    /// One content block of a test stream: its type and the pieces its deltas carry (for
+    /// `tool_use`, fragments of the input's JSON text).
+    #[derive(Debug, Clone)]
+    struct TestBlock {
+        kind: &'static str,
+        pieces: Vec<String>,
+    }
+
+    fn block(kind: &'static str, pieces: &[&str]) -> TestBlock {
+        TestBlock { kind, pieces: pieces.iter().map(|p| p.to_string()).collect() }
+    }
+
+    /// Cuts `text` into pieces of at most `n` characters.
+    fn pieces_of(text: &str, n: usize) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(n).map(|c| c.iter().collect()).collect()
+    }
+
+    /// A stream shaped like the API's: message_start, a ping, each block (start, deltas,
+    /// a signature for thinking, stop), message_delta, message_stop.
+    fn stream(blocks: &[TestBlock], eol: &str) -> Vec<u8> {
+        let mut s = String::new();
+        let mut ev = |name: &str, data: Value| {
+            s.push_str(&format!("event: {name}{eol}data: {data}{eol}{eol}"));
+        };
+        ev("message_start", json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": "claude", "stop_reason": null, "usage": {"input_tokens": 3, "output_tokens": 1}}}));
+        ev("ping", json!({"type": "ping"}));
+        for (i, b) in blocks.iter().enumerate() {
+            let (start, delta, field) = match b.kind {
+                "text" => (json!({"type": "text", "text": ""}), "text_delta", "text"),
+                "thinking" => (json!({"type": "thinking", "thinking": "", "signature": ""}), "thinking_delta", "thinking"),
+                _ => (json!({"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {}}), "input_json_delta", "partial_json"),
+            };
+            ev("content_block_start", json!({"type": "content_block_start", "index": i, "content_block": start}));
+            for p in &b.pieces {
+                ev("content_block_delta", json!({"type": "content_block_delta", "index": i, "delta": {"type": delta, field: p}}));
+            }
+            if b.kind == "thinking" {
+                ev("content_block_delta", json!({"type": "content_block_delta", "index": i, "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJl"}}));
+            }
+            ev("content_block_stop", json!({"type": "content_block_stop", "index": i}));
+        }
+        ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 20}}));
+        ev("message_stop", json!({"type": "message_stop"}));
+        s.into_bytes()
+    }
+
+    fn rewrite(chunks: &[&[u8]], thinking: ThinkingMode) -> (Vec<u8>, Vec<(String, usize)>) {
+        let mut r = StreamRewriter::new(builtin(), thinking);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(r.push(c).unwrap());
+        }
+        out.extend(r.finish().unwrap());
+        (out, r.hits())
+    }
+
+    /// What a client reassembles: per block, its type and text (start text plus deltas).
+    /// Checks on the way that the output is valid SSE and JSON and has no empty delta.
+    fn reassemble(out: &[u8]) -> Vec<(String, String)> {
+        let mut f = SseFramer::new();
+        let mut events = f.push(out);
+        assert!(f.finish().is_empty(), "output ends inside an event");
+        let mut blocks: Vec<(String, String)> = Vec::new();
+        for ev in events.drain(..) {
+            let Some(data) = ev.data else { continue };
+            let v: Value = serde_json::from_str(&data).expect("output data is json");
+            match v["type"].as_str().unwrap() {
+                "content_block_start" => {
+                    assert_eq!(v["index"].as_u64().unwrap() as usize, blocks.len());
+                    let b = &v["content_block"];
+                    let kind = b["type"].as_str().unwrap().to_string();
+                    let text = b.get("text").or(b.get("thinking")).and_then(Value::as_str).unwrap_or("");
+                    blocks.push((kind, text.to_string()));
+                }
+                "content_block_delta" => {
+                    let d = &v["delta"];
+                    let text = match d["type"].as_str().unwrap() {
+                        "text_delta" => &d["text"],
+                        "thinking_delta" => &d["thinking"],
+                        "input_json_delta" => &d["partial_json"],
+                        _ => continue,
+                    };
+                    let text = text.as_str().unwrap();
+                    assert!(!text.is_empty(), "empty delta: {data}");
+                    blocks[v["index"].as_u64().unwrap() as usize].1.push_str(text);
+                }
+                _ => {}
+            }
+        }
+        blocks
+    }
+
+    /// Every string (keys included) of a JSON value, masked whole.
+    fn mask_strings(v: &Value) -> Value {
+        let m = |s: &str| builtin().mask(s).text.into_owned();
+        match v {
+            Value::String(s) => Value::String(m(s)),
+            Value::Array(a) => Value::Array(a.iter().map(mask_strings).collect()),
+            Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (m(k), mask_strings(v))).collect()),
+            v => v.clone(),
+        }
+    }
+
+    /// Checks the reassembled output against masking each block's whole text at once.
+    fn check(blocks: &[TestBlock], out: &[u8], thinking: ThinkingMode) -> Result<(), String> {
+        let got = reassemble(out);
+        if got.len() != blocks.len() {
+            return Err(format!("{} blocks, expected {}", got.len(), blocks.len()));
+        }
+        for (i, (b, (kind, text))) in blocks.iter().zip(&got).enumerate() {
+            let whole = b.pieces.concat();
+            let ok = match b.kind {
+                "tool_use" => {
+                    let want = mask_strings(&serde_json::from_str(&whole).unwrap());
+                    serde_json::from_str::<Value>(text).map_err(|e| format!("block {i}: {e}: {text}"))? == want
+                }
+                "thinking" if thinking == ThinkingMode::Pass => *text == whole,
+                _ => *text == builtin().mask(&whole).text,
+            };
+            if !ok || kind != b.kind {
+                return Err(format!("block {i} ({kind}): got {text:?} from {whole:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn aws() -> String {
+        expand_example("AKIA{{fake:upperb32:16}}")
+    }
+
+    fn ant() -> String {
+        expand_example("sk-ant-api03-{{fake:b64url:93}}AA")
+    }
+
+    /// Tool input whose strings hold escapes, non-ASCII (escaped and raw), a surrogate pair,
+    /// a secret right after an escaped quote and a secret in a key.
+    fn tool_input(secret: &str) -> String {
+        format!(
+            r#"{{"command": "export K=\"{secret}\"\n echo \u00e9\ud83c\udf89 é \\ \/", "n": [1, true, null], "k\u0041 {}": "v"}}"#,
+            aws()
+        )
+    }
+
+    /// Named streams; each is checked whole, at every split point, in 1-byte chunks. Kept
+    /// small: every split point reruns the whole stream (quadratic in a debug build).
+    fn cases() -> Vec<(&'static str, Vec<TestBlock>)> {
+        let key = aws();
+        let aws_in_5 = [&key[..3], &key[3..7], &key[7..12], &key[12..18], &key[18..]];
+        vec![
+            ("aws_key_in_five_deltas", vec![block("text", &["Your key is ", aws_in_5[0], aws_in_5[1], aws_in_5[2], aws_in_5[3], aws_in_5[4], " — rotate it.\n"])]),
+            ("prose", vec![block("text", &["Here is how ", "the parser works: ", "it reads tokens, ", "then builds a tree.\n"])]),
+            ("secret_at_block_end", vec![block("text", &["id ", &key[..10], &key[10..]])]),
+            // 3-character fragments: escapes and `\uXXXX` are split at every offset somewhere.
+            ("tool_input_split_mid_escape", vec![block("text", &["Running it."]), TestBlock { kind: "tool_use", pieces: pieces_of(&tool_input(&key), 3) }]),
+            ("tool_input_whole", vec![TestBlock { kind: "tool_use", pieces: vec![tool_input(&ant())] }]),
+            ("thinking_then_text", vec![
+                TestBlock { kind: "thinking", pieces: pieces_of(&format!("The user pasted {} into the file.", ant()), 16) },
+                block("text", &["Don't commit ", &key[..4], &key[4..], ".\n"]),
+            ]),
+            ("multi_line_pem_across_deltas", vec![TestBlock { kind: "text", pieces: pieces_of(&expand_example(
+                "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA{{fake:b64:48}}\n{{fake:b64:64}}\n-----END RSA PRIVATE KEY-----\ndone\n"), 23) }]),
+        ]
+    }
+
+    /// Larger streams, checked in 1-byte chunks and over random splits only.
+    fn big_cases() -> Vec<(&'static str, Vec<TestBlock>)> {
+        let mut cases = cases();
+        for n in [1, 2] {
+            cases.push(("anthropic_key_in_tool_input_in_tiny_fragments", vec![TestBlock { kind: "tool_use", pieces: pieces_of(&tool_input(&ant()), n) }]));
+        }
+        cases
+    }
+
+    fn all_splits(name: &str, blocks: &[TestBlock], eol: &str, thinking: ThinkingMode) {
+        let input = stream(blocks, eol);
+        let (whole, _) = rewrite(&[&input], thinking);
+        check(blocks, &whole, thinking).unwrap_or_else(|e| panic!("case {name}, whole: {e}"));
+        for i in 0..=input.len() {
+            let (out, _) = rewrite(&[&input[..i], &input[i..]], thinking);
+            check(blocks, &out, thinking).unwrap_or_else(|e| panic!("case {name}, split at {i}: {e}"));
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        let (out, _) = rewrite(&bytes, thinking);
+        check(blocks, &out, thinking).unwrap_or_else(|e| panic!("case {name}, 1-byte chunks: {e}"));
+    }
+
+    #[test]
+    fn every_split_point_reassembles_to_the_whole_text_masked() {
+        for (name, blocks) in cases() {
+            all_splits(name, &blocks, "\n", ThinkingMode::Mask);
+        }
+    }
+
+    #[test]
+    fn crlf_framed_streams_mask_the_same_and_stay_crlf() {
+        // Every split point on two cases (the framer's own tests cover CRLF at every split);
+        // the property test below runs every case with CRLF at random splits.
+        for (name, blocks) in &cases()[..4] {
+            if name.starts_with("tool") || name.starts_with("aws") {
+                all_splits(name, blocks, "\r\n", ThinkingMode::Mask);
+            }
+        }
+        for (name, blocks) in big_cases() {
+            let (out, _) = rewrite(&[&stream(&blocks, "\r\n")], ThinkingMode::Mask);
+            let lone_lf = out.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || out[i - 1] != b'\r'));
+            assert!(!lone_lf, "case {name}: an LF without CR in {}", String::from_utf8_lossy(&out));
+        }
+    }
+
+    #[test]
+    fn thinking_passes_untouched_in_pass_mode() {
+        let blocks = vec![TestBlock { kind: "thinking", pieces: pieces_of(&format!("pasted {}", ant()), 5) }];
+        all_splits("thinking_pass", &blocks, "\n", ThinkingMode::Pass);
+        let input = stream(&blocks, "\n");
+        assert_eq!(rewrite(&[&input], ThinkingMode::Pass).0, input);
+    }
+
+    #[test]
+    fn aws_key_split_in_five_deltas_never_reaches_the_client() {
+        let (_, blocks) = cases().swap_remove(0);
+        let input = stream(&blocks, "\n");
+        let (out, hits) = rewrite(&input.chunks(7).collect::<Vec<_>>(), ThinkingMode::Mask);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(!text.contains(&aws()[4..10]), "{text}");
+        assert_eq!(reassemble(&out)[0].1, "Your key is [REDACTED:aws-access-key-id] — rotate it.\n");
+        assert_eq!(hits, vec![("aws-access-key-id".to_string(), 1)]);
+    }
+
+    #[test]
+    fn anthropic_key_in_tool_input_split_mid_escape_is_masked_and_parses() {
+        let (_, blocks) = big_cases().pop().unwrap();
+        let input = stream(&blocks, "\n");
+        let (out, hits) = rewrite(&input.chunks(1).collect::<Vec<_>>(), ThinkingMode::Mask);
+        check(&blocks, &out, ThinkingMode::Mask).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(!text.contains(&ant()[13..30]), "{text}");
+        let input: Value = serde_json::from_str(&reassemble(&out)[0].1).unwrap();
+        assert_eq!(input["command"], "export K=\"[REDACTED:anthropic-api-key]\"\n echo é🎉 é \\ /");
+        assert_eq!(input["kA [REDACTED:aws-access-key-id]"], "v");
+        assert_eq!(hits, vec![("anthropic-api-key".to_string(), 1), ("aws-access-key-id".to_string(), 1)]);
+    }
+
+    #[test]
+    fn held_text_is_released_right_before_its_block_stops() {
+        let blocks = vec![block("text", &["id ", &aws()[..8]]), block("text", &["next"])];
+        let (out, _) = rewrite(&[&stream(&blocks, "\n")], ThinkingMode::Mask);
+        let text = String::from_utf8(out).unwrap();
+        let flushed = r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"#;
+        let at = text.find(flushed).expect("a flush delta");
+        let stop = text.find("event: content_block_stop").unwrap();
+        assert!(at < stop && !text[at..stop].contains("\n\nevent"), "{text}");
+    }
+
+    #[test]
+    fn a_stream_without_secrets_on_word_boundaries_is_byte_identical() {
+        // Deltas end on spaces and punctuation, which cannot start a keyword: nothing held.
+        let blocks = vec![
+            block("text", &["Here is how ", "the parser works: ", "it reads ", "then builds a tree.\n"]),
+            TestBlock { kind: "tool_use", pieces: vec![r#"{"path": "#.into(), r#""src/main.rs", "#.into(), r#""lines": 20}"#.into()] },
+        ];
+        for eol in ["\n", "\r\n"] {
+            let input = stream(&blocks, eol);
+            for i in 0..=input.len() {
+                let (out, hits) = rewrite(&[&input[..i], &input[i..]], ThinkingMode::Mask);
+                assert_eq!(out, input, "split at {i}");
+                assert!(hits.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_events_comments_and_signatures_pass_byte_for_byte() {
+        let input = concat!(
+            ": keep-alive\n\n",
+            "event: future_thing\ndata: {\"type\":\"future_thing\",\"x\":  [1]}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"AKIA\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"citations_delta\",\"citation\":{}}}\n\n",
+            "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n",
+        );
+        let (out, _) = rewrite(&[input.as_bytes()], ThinkingMode::Mask);
+        assert_eq!(String::from_utf8(out).unwrap(), input);
+    }
+
+    #[test]
+    fn a_changed_delta_keeps_its_other_fields_and_order() {
+        let input = format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"k {} ok\\n\",\"extra\":1}},\"z\":2}}\n\n",
+            aws()
+        );
+        let (out, _) = rewrite(&[input.as_bytes()], ThinkingMode::Mask);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"k [REDACTED:aws-access-key-id] ok\\n\",\"extra\":1},\"z\":2}\n\n"
+        );
+    }
+
+    #[test]
+    fn text_in_content_block_start_is_part_of_the_block() {
+        let input = format!(
+            "data: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"text\",\"text\":\"id {}\"}}}}\n\ndata: {{\"type\":\"content_block_stop\",\"index\":0}}\n\n",
+            &aws()[..9]
+        );
+        let (out, _) = rewrite(&[input.as_bytes()], ThinkingMode::Mask);
+        let got = reassemble(&out);
+        assert_eq!(got[0].1, builtin().mask(&format!("id {}", &aws()[..9])).text);
+        assert!(String::from_utf8(out).unwrap().contains(r#""content_block":{"type":"text","text":"id "}"#));
+    }
+
+    #[test]
+    fn malformed_streams_are_errors_and_stay_failed() {
+        let mut r = StreamRewriter::new(builtin(), ThinkingMode::Mask);
+        assert!(matches!(r.push(b"event: x\ndata: {not json\n\n"), Err(StreamError::InvalidEvent { .. })));
+        assert_eq!(r.push(b"data: {}\n\n"), Err(StreamError::Failed));
+
+        let mut r = StreamRewriter::new(builtin(), ThinkingMode::Mask);
+        assert_eq!(r.push(b"data: {\"type\":\"ping\"}\n\ndata: {\"type\"").unwrap(), b"data: {\"type\":\"ping\"}\n\n");
+        assert_eq!(r.finish(), Err(StreamError::Truncated));
+
+        let bad_escape = r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"a\": \"\\x"}}"#;
+        let mut r = StreamRewriter::new(builtin(), ThinkingMode::Mask);
+        assert!(matches!(r.push(format!("{bad_escape}\n\n").as_bytes()), Err(StreamError::InvalidToolInput { index: 0, .. })));
+
+        let no_index = r#"data: {"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}"#;
+        let mut r = StreamRewriter::new(builtin(), ThinkingMode::Mask);
+        assert!(matches!(r.push(format!("{no_index}\n\n").as_bytes()), Err(StreamError::InvalidEvent { .. })));
+    }
+
+    #[test]
+    fn a_stream_cut_off_mid_block_releases_what_it_held_at_finish() {
+        let mut r = StreamRewriter::new(builtin(), ThinkingMode::Mask);
+        let delta = |t: &str| format!("data: {}\n\n", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}));
+        let mut out = r.push(delta("id ").as_bytes()).unwrap();
+        out.extend(r.push(delta(&aws()).as_bytes()).unwrap());
+        out.extend(r.finish().unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("[REDACTED:aws-access-key-id]") && !text.contains(&aws()), "{text}");
+    }
+
+    #[test]
+    fn thinking_mode_is_snake_case_and_defaults_to_mask() {
+        assert_eq!(serde_json::from_str::<ThinkingMode>("\"pass\"").unwrap(), ThinkingMode::Pass);
+        assert_eq!(serde_json::to_string(&ThinkingMode::Mask).unwrap(), "\"mask\"");
+        assert_eq!(ThinkingMode::default(), ThinkingMode::Mask);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_network_splits_reassemble_to_the_whole_text_masked(
+            case in 0usize..9,
+            cuts in proptest::collection::vec(0usize..100_000, 0..24),
+            crlf in any::<bool>(),
+        ) {
+            let cases = big_cases();
+            let (name, blocks) = &cases[case % cases.len()];
+            let input = stream(blocks, if crlf { "\r\n" } else { "\n" });
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.extend([0, input.len()]);
+            points.sort_unstable();
+            points.dedup();
+            let chunks: Vec<&[u8]> = points.windows(2).map(|w| &input[w[0]..w[1]]).collect();
+            let (out, _) = rewrite(&chunks, ThinkingMode::Mask);
+            prop_assert!(check(blocks, &out, ThinkingMode::Mask).is_ok(), "case {}: {:?}", name, check(blocks, &out, ThinkingMode::Mask));
+        }
+
+        #[test]
+        fn random_delta_fragmentation_of_text_and_tool_input_masks_like_whole(
+            parts in proptest::collection::vec(0usize..10, 1..16),
+            cuts in proptest::collection::vec(0usize..10_000, 0..20),
+        ) {
+            let fragments = [
+                "token".to_string(), " = ".into(), "\"".into(), "\\".into(), "\n".into(), "é🎉".into(),
+                aws(), ant(), "AKIA".into(), "sk-ant-".into(),
+            ];
+            let text: String = parts.iter().map(|&p| fragments[p].as_str()).collect();
+            let tool = serde_json::to_string(&json!({"cmd": text, "ascii": text.escape_unicode().to_string()})).unwrap();
+            let split = |s: &str| {
+                let bounds: Vec<usize> = (0..=s.len()).filter(|&i| s.is_char_boundary(i)).collect();
+                let mut points: Vec<usize> = cuts.iter().map(|c| bounds[c % bounds.len()]).collect();
+                points.extend([0, s.len()]);
+                points.sort_unstable();
+                points.dedup();
+                points.windows(2).map(|w| s[w[0]..w[1]].to_string()).collect::<Vec<_>>()
+            };
+            let blocks = vec![
+                TestBlock { kind: "text", pieces: split(&text) },
+                TestBlock { kind: "tool_use", pieces: split(&tool) },
+            ];
+            let input = stream(&blocks, "\n");
+            let (out, _) = rewrite(&input.chunks(13).collect::<Vec<_>>(), ThinkingMode::Mask);
+            prop_assert!(check(&blocks, &out, ThinkingMode::Mask).is_ok(), "{:?}", check(&blocks, &out, ThinkingMode::Mask));
+        }
+    }
+}
