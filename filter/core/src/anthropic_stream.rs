@@ -867,7 +867,10 @@ mod tests {
                 aws(), ant(), "AKIA".into(), "sk-ant-".into(),
             ];
             let text: String = parts.iter().map(|&p| fragments[p].as_str()).collect();
-            let tool = serde_json::to_string(&json!({"cmd": text, "ascii": text.escape_unicode().to_string()})).unwrap();
+            // The same text twice: as serde_json writes it, and with every character a
+            // `\uXXXX` escape (UTF-16, so surrogate pairs too), as some encoders write it.
+            let escaped: String = text.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+            let tool = format!(r#"{{"cmd": {}, "escaped": "{escaped}"}}"#, serde_json::to_string(&text).unwrap());
             let split = |s: &str| {
                 let bounds: Vec<usize> = (0..=s.len()).filter(|&i| s.is_char_boundary(i)).collect();
                 let mut points: Vec<usize> = cuts.iter().map(|c| bounds[c % bounds.len()]).collect();
