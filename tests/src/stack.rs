@@ -17,8 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const DEV_AUDIENCE: &str = "scrim";
 /// The only group the dev configuration allows.
 pub const DEV_GROUP: &str = "eng";
-/// Request buffer limit of the dev configuration (Claude Code sends whole conversations).
-pub const DEV_BUFFER_LIMIT: u64 = 32 * 1024 * 1024;
+/// Envoy buffer limit of the dev configuration: above the filter's 32 MiB body limit, so
+/// the filter, not Envoy, answers an oversized body (in the Anthropic error shape).
+pub const DEV_BUFFER_LIMIT: u64 = 40 * 1024 * 1024;
 
 /// The filter configuration `make run` uses unless `SCRIM_FILTER_CONFIG` names another.
 pub fn dev_filter_config(issuer: &str, jwks_uri: &str) -> Value {

@@ -275,3 +275,19 @@ async fn request_body_just_under_the_limit_passes_and_just_over_gets_413() {
     assert_eq!(v["error"]["type"], "request_too_large");
     assert_eq!(stack.stand_in.requests().len(), 1, "only the body within the limit went upstream");
 }
+
+/// A non-JSON body (an upstream or Envoy error page) is masked as text and keeps its status.
+#[tokio::test]
+async fn plain_text_error_body_is_masked_as_text_and_keeps_its_status() {
+    let stack = start("mask-text").await;
+    let key = fake_aws_key_id();
+    stack.stand_in.set_scripted_reply(ScriptedReply {
+        status: 500,
+        headers: vec![("content-type".into(), "text/plain".into())],
+        chunks: vec![format!("internal error near AWS_ACCESS_KEY_ID={key}\n").into_bytes()],
+        pace: Duration::ZERO,
+    });
+    let resp = request(&stack, hello(false)).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.text().await.unwrap(), "internal error near AWS_ACCESS_KEY_ID=[REDACTED:aws-access-key-id]\n");
+}

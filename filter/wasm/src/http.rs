@@ -250,14 +250,26 @@ impl ScrimHttp {
         }
     }
 
-    /// Masks a complete buffered response body in place.
+    /// Masks a complete buffered response body in place: a Message as JSON; anything else
+    /// (an error page from Envoy or the upstream) as text. Bytes that are neither are refused.
     fn finish_response_body(&mut self, size: usize) {
         let body = self.get_http_response_body(0, size).unwrap_or_default();
         let (rules, thinking) = {
             let s = self.shared.borrow();
             (s.config.masking.rules.clone(), s.config.masking.thinking)
         };
-        match anthropic::mask_response(&rules, &body, thinking) {
+        let masked = anthropic::mask_response(&rules, &body, thinking).or_else(|e| match std::str::from_utf8(&body) {
+            Ok(text) => {
+                let m = rules.mask(text);
+                let bytes = match m.text {
+                    std::borrow::Cow::Borrowed(_) => None,
+                    std::borrow::Cow::Owned(t) => Some(t.into_bytes()),
+                };
+                Ok(MaskedBody { bytes, hits: m.hits })
+            }
+            Err(_) => Err(e),
+        });
+        match masked {
             Ok(MaskedBody { bytes, hits }) => {
                 if let Some(bytes) = &bytes {
                     self.set_http_response_body(0, size, bytes);
