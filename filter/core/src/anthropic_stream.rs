@@ -15,6 +15,10 @@
 //! All other events (`message_start`, `message_delta`, `ping`, `signature_delta`, `error`,
 //! unknown ones) pass byte for byte.
 //!
+//! The OpenAI chat-completions stream shape goes through the same machinery
+//! ([`StreamRewriter::openai_chat`]): per choice, `delta.content` and each tool call's
+//! `function.arguments` (JSON fragments, like Anthropic tool input).
+//!
 //! Guarantee (tested at every split point, in 1-byte chunks and over random splits): for
 //! every way the bytes are cut, each block's reassembled text equals [`RuleSet::mask`] of the
 //! whole text, and for tool input every string of the parsed JSON is the masked string.
@@ -87,13 +91,26 @@ pub struct StreamRewriter {
     rules: Arc<RuleSet>,
     thinking: ThinkingMode,
     framer: SseFramer,
-    /// Open content blocks by index.
+    shape: Shape,
+    /// Open content blocks by index (OpenAI: choices by index, content in `text`).
     blocks: BTreeMap<u64, Block>,
+    /// OpenAI: tool-call arguments by (choice index, tool call index).
+    tool_args: BTreeMap<(u64, u64), JsonLexer>,
+    /// OpenAI: the last chunk's top-level fields (id, model, …) for chunks that release
+    /// held text.
+    template: serde_json::Map<String, Value>,
     /// Hits of blocks already closed and of whole `content_block_start` inputs.
     tally: Tally,
     /// Line ending of the last event, used for the deltas that release held text.
     eol: &'static str,
     failed: bool,
+}
+
+/// Which API's stream this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Anthropic,
+    OpenAiChat,
 }
 
 /// The delta types whose text is masked, and the field that holds it.
@@ -135,11 +152,23 @@ impl StreamRewriter {
             rules,
             thinking,
             framer: SseFramer::new(),
+            shape: Shape::Anthropic,
             blocks: BTreeMap::new(),
+            tool_args: BTreeMap::new(),
+            template: serde_json::Map::new(),
             tally: Tally::default(),
             eol: "\n",
             failed: false,
         }
+    }
+
+    /// A rewriter for the OpenAI chat-completions stream shape: `choices[].delta.content`
+    /// and `choices[].delta.tool_calls[].function.arguments` (JSON fragments, as tool input)
+    /// are masked per choice; held text is released before a choice's `finish_reason` (in
+    /// the same chunk when it carries that field, else in a chunk of its own built from the
+    /// last chunk's `id`, `model`, …) and before `data: [DONE]`.
+    pub fn openai_chat(rules: Arc<RuleSet>) -> Self {
+        StreamRewriter { shape: Shape::OpenAiChat, ..StreamRewriter::new(rules, ThinkingMode::Mask) }
     }
 
     /// Bytes of the upstream stream in, bytes to send to the client now out.
@@ -175,6 +204,9 @@ impl StreamRewriter {
         for b in self.blocks.values() {
             b.add_hits(&mut tally);
         }
+        for j in self.tool_args.values() {
+            tally.add(&j.masker.hits());
+        }
         tally.in_order(&self.rules)
     }
 
@@ -184,6 +216,9 @@ impl StreamRewriter {
             out.extend_from_slice(&ev.raw);
             return Ok(());
         };
+        if self.shape == Shape::OpenAiChat {
+            return self.openai_event(ev, data, out);
+        }
         let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.clone(), reason };
         let v: Value = serde_json::from_str(data).map_err(|e| invalid(e.to_string()))?;
         let index = || v.get("index").and_then(Value::as_u64).ok_or_else(|| invalid("no index".into()));
@@ -282,6 +317,106 @@ impl StreamRewriter {
         Ok(())
     }
 
+    fn openai_event(&mut self, ev: &Event, data: &str, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        if data.trim() == "[DONE]" {
+            self.flush_all(out);
+            out.extend_from_slice(&ev.raw);
+            return Ok(());
+        }
+        let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.clone(), reason };
+        let v: Value = serde_json::from_str(data).map_err(|e| invalid(e.to_string()))?;
+        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+            out.extend_from_slice(&ev.raw);
+            return Ok(());
+        };
+        if let Value::Object(top) = &v {
+            self.template = top.iter().filter(|(k, _)| *k != "choices" && *k != "usage").map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        // New text per string path in this event; released text that has no field in this
+        // event goes into chunks written before it.
+        let mut new: Vec<(Vec<P>, String)> = Vec::new();
+        let mut before = Vec::new();
+        for (ci, choice) in choices.iter().enumerate() {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(ci as u64);
+            let at = |rest: &[P]| [&[P::Key("choices".into()), P::Index(ci), P::Key("delta".into())], rest].concat();
+            let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+            let mut present = Vec::new();
+            if let Some(piece) = choice.pointer("/delta/content").and_then(Value::as_str) {
+                let mut text = self.push_text(index, Kind::Text, piece)?;
+                if finishing {
+                    if let Some(m) = self.blocks.get_mut(&index).and_then(|b| b.text.as_mut()) {
+                        text.push_str(&m.finish());
+                    }
+                }
+                new.push((at(&[P::Key("content".into())]), text));
+                present.push(None);
+            }
+            let calls = choice.pointer("/delta/tool_calls").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+            for (ti, call) in calls.iter().enumerate() {
+                let Some(piece) = call.pointer("/function/arguments").and_then(Value::as_str) else { continue };
+                let k = call.get("index").and_then(Value::as_u64).unwrap_or(ti as u64);
+                let lexer = self.tool_args.entry((index, k)).or_insert_with(|| JsonLexer::new(self.rules.clone()));
+                let mut text = String::new();
+                lexer
+                    .push(piece, &mut text)
+                    .map_err(|reason| StreamError::InvalidToolInput { index, reason: reason.into() })?;
+                if finishing {
+                    text.push_str(&lexer.finish());
+                }
+                let path = [P::Key("tool_calls".into()), P::Index(ti), P::Key("function".into()), P::Key("arguments".into())];
+                new.push((at(&path), text));
+                present.push(Some(k));
+            }
+            if finishing {
+                self.openai_release(index, &present, &mut before);
+            }
+        }
+        out.extend_from_slice(&before);
+        let changed: Vec<&(Vec<P>, String)> =
+            new.iter().filter(|(path, text)| v.pointer(&pointer(path)).and_then(Value::as_str) != Some(text)).collect();
+        if changed.is_empty() {
+            out.extend_from_slice(&ev.raw);
+            return Ok(());
+        }
+        let replaced = rewrite_strings(data, |p, is_key, _| {
+            Ok(changed.iter().find(|(path, _)| !is_key && path == p).map(|(_, text)| encode_string(text)))
+        })
+        .map_err(invalid)?;
+        write_event(ev, replaced.as_deref().unwrap_or(data), out);
+        Ok(())
+    }
+
+    /// Ends choice `index`'s streams and writes what they held as chunks of their own,
+    /// except the streams in `present` (this event carries their field: `None` for content,
+    /// `Some(k)` for tool call `k`), whose remainder the caller already appended.
+    fn openai_release(&mut self, index: u64, present: &[Option<u64>], out: &mut Vec<u8>) {
+        let mut deltas = Vec::new();
+        if let Some(mut block) = self.blocks.remove(&index) {
+            if let Some(m) = block.text.as_mut() {
+                let rest = m.finish();
+                if !rest.is_empty() && !present.contains(&None) {
+                    deltas.push(serde_json::json!({"content": rest}));
+                }
+            }
+            block.add_hits(&mut self.tally);
+        }
+        let keys: Vec<(u64, u64)> = self.tool_args.range((index, 0)..=(index, u64::MAX)).map(|(k, _)| *k).collect();
+        for key in keys {
+            let mut lexer = self.tool_args.remove(&key).expect("key just listed");
+            let rest = lexer.finish();
+            if !rest.is_empty() && !present.contains(&Some(key.1)) {
+                deltas.push(serde_json::json!({"tool_calls": [{"index": key.1, "function": {"arguments": rest}}]}));
+            }
+            self.tally.add(&lexer.masker.hits());
+        }
+        for delta in deltas {
+            let mut chunk = self.template.clone();
+            chunk.insert("choices".into(), serde_json::json!([{"index": index, "delta": delta, "finish_reason": null}]));
+            let eol = self.eol;
+            out.extend_from_slice(format!("data: {}{eol}{eol}", Value::Object(chunk)).as_bytes());
+        }
+    }
+
     fn push_text(&mut self, index: u64, kind: Kind, piece: &str) -> Result<String, StreamError> {
         let block = self.blocks.entry(index).or_default();
         let rules = &self.rules;
@@ -301,6 +436,13 @@ impl StreamRewriter {
     }
 
     fn flush_all(&mut self, out: &mut Vec<u8>) {
+        if self.shape == Shape::OpenAiChat {
+            let choices: Vec<u64> = self.blocks.keys().chain(self.tool_args.keys().map(|k| &k.0)).copied().collect();
+            for c in choices {
+                self.openai_release(c, &[], out);
+            }
+            return;
+        }
         for (index, block) in std::mem::take(&mut self.blocks) {
             self.flush_block(index, block, out);
         }
@@ -337,6 +479,16 @@ impl Block {
             tally.add(&j.masker.hits());
         }
     }
+}
+
+/// A JSON pointer for `path`.
+fn pointer(path: &[P]) -> String {
+    path.iter()
+        .map(|p| match p {
+            P::Key(k) => format!("/{}", k.replace('~', "~0").replace('/', "~1")),
+            P::Index(i) => format!("/{i}"),
+        })
+        .collect()
 }
 
 fn line_ending(raw: &[u8]) -> &'static str {
@@ -837,6 +989,133 @@ mod tests {
         assert_eq!(ThinkingMode::default(), ThinkingMode::Mask);
     }
 
+    /// An OpenAI chat-completions stream: choice 0 streams `content` pieces, then tool-call
+    /// argument pieces; the last chunk sets `finish_reason` (carrying `last` as content when
+    /// given), then `[DONE]`.
+    fn openai_stream(content: &[String], args: &[String], last: Option<&str>, eol: &str) -> Vec<u8> {
+        let mut s = String::new();
+        let mut chunk = |delta: Value, finish: Value| {
+            let v = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            s.push_str(&format!("data: {v}{eol}{eol}"));
+        };
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+        for p in content {
+            chunk(json!({"content": p}), Value::Null);
+        }
+        if !args.is_empty() {
+            chunk(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "run", "arguments": ""}}]}), Value::Null);
+        }
+        for p in args {
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}), Value::Null);
+        }
+        chunk(last.map_or(json!({}), |l| json!({"content": l})), json!("stop"));
+        s.push_str(&format!("data: [DONE]{eol}{eol}"));
+        s.into_bytes()
+    }
+
+    /// Content and arguments as a client reassembles them; checks that nothing follows the
+    /// choice's `finish_reason` or `[DONE]`.
+    fn openai_reassemble(out: &[u8]) -> Result<(String, String), String> {
+        let mut f = SseFramer::new();
+        let events = f.push(out);
+        if !f.finish().is_empty() {
+            return Err("output ends inside an event".into());
+        }
+        let (mut content, mut args, mut finished, mut done) = (String::new(), String::new(), false, false);
+        for ev in events {
+            let Some(data) = ev.data else { continue };
+            if done {
+                return Err(format!("data after [DONE]: {data}"));
+            }
+            if data == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let v: Value = serde_json::from_str(&data).map_err(|e| e.to_string())?;
+            let c = &v["choices"][0];
+            let piece = c["delta"]["content"].as_str().unwrap_or("").to_string()
+                + c["delta"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap_or("");
+            if finished && !piece.is_empty() {
+                return Err(format!("text after finish_reason: {data}"));
+            }
+            content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            args.push_str(c["delta"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap_or(""));
+            finished |= !c["finish_reason"].is_null();
+        }
+        Ok((content, args))
+    }
+
+    /// Name, content pieces, tool-call argument pieces, content of the finishing chunk.
+    type OpenAiCase = (&'static str, Vec<String>, Vec<String>, Option<String>);
+
+    fn openai_cases() -> Vec<OpenAiCase> {
+        let key = aws();
+        let five: Vec<String> = ["Key ", &key[..3], &key[3..7], &key[7..12], &key[12..18], &key[18..], " here.\n"].map(String::from).to_vec();
+        vec![
+            ("content_in_five_pieces", five, vec![], None),
+            ("held_content_then_finish_without_content", vec!["id ".into(), key.clone()], vec![], None),
+            ("held_content_then_finish_with_content", vec!["id ".into(), key[..6].into()], vec![], Some(key[6..].to_string())),
+            ("tool_arguments_split_mid_escape", vec!["Running.".into()], pieces_of(&tool_input(&key), 7), None),
+        ]
+    }
+
+    fn openai_check(case: &OpenAiCase, out: &[u8]) -> Result<(), String> {
+        let (_, content, args, last) = case;
+        let (got_content, got_args) = openai_reassemble(out)?;
+        let whole = content.concat() + last.as_deref().unwrap_or("");
+        if got_content != builtin().mask(&whole).text {
+            return Err(format!("content {got_content:?} from {whole:?}"));
+        }
+        if !args.is_empty() {
+            let want = mask_strings(&serde_json::from_str(&args.concat()).unwrap());
+            let got: Value = serde_json::from_str(&got_args).map_err(|e| format!("{e}: {got_args}"))?;
+            if got != want {
+                return Err(format!("arguments {got} != {want}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn openai_rewrite(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut r = StreamRewriter::openai_chat(builtin());
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(r.push(c).unwrap());
+        }
+        out.extend(r.finish().unwrap());
+        out
+    }
+
+    #[test]
+    fn openai_chat_stream_reassembles_to_the_whole_text_masked_at_every_split() {
+        for case in openai_cases() {
+            let input = openai_stream(&case.1, &case.2, case.3.as_deref(), "\n");
+            for i in 0..=input.len() {
+                let out = openai_rewrite(&[&input[..i], &input[i..]]);
+                openai_check(&case, &out).unwrap_or_else(|e| panic!("case {}, split at {i}: {e}", case.0));
+            }
+            let out = openai_rewrite(&input.chunks(1).collect::<Vec<_>>());
+            openai_check(&case, &out).unwrap_or_else(|e| panic!("case {}, 1-byte chunks: {e}", case.0));
+        }
+    }
+
+    #[test]
+    fn openai_chat_stream_without_secrets_is_byte_identical() {
+        let content = ["Hello, ", "world. ", "Nothing to hide.\n"].map(String::from);
+        let input = openai_stream(&content, &[], None, "\r\n");
+        assert_eq!(openai_rewrite(&[&input]), input);
+    }
+
+    #[test]
+    fn openai_chat_hits_count_content_and_arguments() {
+        let case = &openai_cases()[3];
+        let input = openai_stream(&case.1, &case.2, None, "\n");
+        let mut r = StreamRewriter::openai_chat(builtin());
+        r.push(&input).unwrap();
+        r.finish().unwrap();
+        assert_eq!(r.hits(), vec![("aws-access-key-id".to_string(), 2)]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
@@ -886,6 +1165,23 @@ mod tests {
             let input = stream(&blocks, "\n");
             let (out, _) = rewrite(&input.chunks(13).collect::<Vec<_>>(), ThinkingMode::Mask);
             prop_assert!(check(&blocks, &out, ThinkingMode::Mask).is_ok(), "{:?}", check(&blocks, &out, ThinkingMode::Mask));
+        }
+
+        #[test]
+        fn random_splits_of_openai_chat_streams_reassemble_to_the_whole_text_masked(
+            case in 0usize..4,
+            cuts in proptest::collection::vec(0usize..100_000, 0..24),
+            crlf in any::<bool>(),
+        ) {
+            let case = &openai_cases()[case];
+            let input = openai_stream(&case.1, &case.2, case.3.as_deref(), if crlf { "\r\n" } else { "\n" });
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.extend([0, input.len()]);
+            points.sort_unstable();
+            points.dedup();
+            let chunks: Vec<&[u8]> = points.windows(2).map(|w| &input[w[0]..w[1]]).collect();
+            let out = openai_rewrite(&chunks);
+            prop_assert!(openai_check(case, &out).is_ok(), "case {}: {:?}", case.0, openai_check(case, &out));
         }
     }
 }

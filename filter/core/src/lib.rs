@@ -18,7 +18,8 @@
 //! - [`sse`]: incremental server-sent-events framing that keeps each event's exact bytes.
 //! - [`audit`]: the audit record schema shared with the recorder.
 //! - [`anthropic`]: masking whole Messages API request and response bodies.
-//! - [`anthropic_stream`]: masking a streamed (SSE) Messages API response, split anywhere.
+//! - [`anthropic_stream`]: masking a streamed (SSE) Messages API or OpenAI chat response,
+//!   split anywhere.
 
 pub mod auth;
 pub mod config;
