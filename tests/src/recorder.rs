@@ -8,29 +8,62 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 pub struct Recorder {
     pub addr: SocketAddr,
     pub db: PathBuf,
     store: SharedStore,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropping or sending on it ends the recorder's runtime.
+    kill: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Recorder {
+    /// Serves on `listener` from a runtime of its own, so `kill` can end every connection at
+    /// once the way a crashed process would.
     pub async fn start(listener: tokio::net::TcpListener, db: &Path) -> Result<Recorder, String> {
         let store = SqliteStore::open(db).map_err(|e| format!("recorder store {}: {e}", db.display()))?;
         let store: SharedStore = Arc::new(Mutex::new(store));
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let listener = listener.into_std().map_err(|e| e.to_string())?;
         let ingest = Ingest::new(store.clone(), IngestConfig::default());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = serve(listener, ingest, async {
-                let _ = stopped.await;
-            })
-            .await;
+        let (kill, killed) = std::sync::mpsc::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let thread = std::thread::spawn(move || {
+            runtime.spawn(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                let _ = serve(listener, ingest, std::future::pending()).await;
+            });
+            let _ = killed.recv();
+            runtime.shutdown_background();
         });
-        Ok(Recorder { addr, db: db.to_path_buf(), store, stop: Some(stop) })
+        Ok(Recorder { addr, db: db.to_path_buf(), store, kill: Some(kill), thread: Some(thread) })
+    }
+
+    /// Dies at once, as a crashed process would: every connection is cut, nothing beyond what
+    /// was already committed is kept.
+    pub fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Starts again on the same address and database after `kill`.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|e| format!("rebind {}: {e}", self.addr))?;
+        let db = self.db.clone();
+        *self = Recorder::start(listener, &db).await?;
+        Ok(())
     }
 
     pub fn sessions(&self) -> Vec<SessionSummary> {
@@ -74,15 +107,10 @@ impl Recorder {
         }
     }
 
-    pub fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }

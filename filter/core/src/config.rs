@@ -69,6 +69,19 @@ pub struct RawAudit {
     /// seconds pass without one. Default 1800.
     #[serde(default = "default_session_idle")]
     pub session_idle_seconds: u64,
+    /// Refuse new exchanges (503) while the recorder does not answer, so nothing is served
+    /// unrecorded (Envoy drops access-log entries it cannot deliver). Default false.
+    #[serde(default)]
+    pub required: bool,
+    /// Cluster of the recorder's gRPC listener, probed when `required`. Default
+    /// `scrim_recorder`.
+    #[serde(default = "default_recorder_cluster")]
+    pub recorder_cluster: String,
+    /// How often each VM probes the recorder when `required`, in milliseconds; exchanges
+    /// that start between the recorder's death and the next failed probe may go unrecorded.
+    /// Default 250, between 50 and 10000.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_ms: u64,
 }
 
 impl Default for RawAudit {
@@ -77,6 +90,9 @@ impl Default for RawAudit {
             content: ContentMode::default(),
             max_record_bytes: default_record_bytes(),
             session_idle_seconds: default_session_idle(),
+            required: false,
+            recorder_cluster: default_recorder_cluster(),
+            health_interval_ms: default_health_interval(),
         }
     }
 }
@@ -211,6 +227,12 @@ impl Default for RawJwksTiming {
     }
 }
 
+fn default_recorder_cluster() -> String {
+    "scrim_recorder".into()
+}
+fn default_health_interval() -> u64 {
+    250
+}
 fn default_record_bytes() -> usize {
     8 * 1024 * 1024
 }
@@ -510,6 +532,12 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     if raw.audit.session_idle_seconds == 0 {
         return Err(err("audit.session_idle_seconds", "at least 1"));
+    }
+    if !(50..=10_000).contains(&raw.audit.health_interval_ms) {
+        return Err(err("audit.health_interval_ms", "between 50 and 10000"));
+    }
+    if raw.audit.recorder_cluster.is_empty() {
+        return Err(err("audit.recorder_cluster", "must not be empty"));
     }
     Ok(Config {
         audit: raw.audit,

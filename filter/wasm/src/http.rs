@@ -345,6 +345,21 @@ impl HttpContext for ScrimHttp {
             self.refuse(&AuthError::MissingToken);
             return Action::Pause;
         };
+        let (required, up) = {
+            let s = self.shared.borrow();
+            (s.config.audit.required, s.recorder_up)
+        };
+        if required && !up {
+            self.shared.borrow().metrics.decision(Decision::Unavailable);
+            self.note(AuditDecision::Unavailable, Some("recorder_unavailable".into()));
+            self.reply(&anthropic_error(
+                503,
+                "api_error",
+                "the audit recorder is unavailable; the gateway serves nothing unrecorded, try again shortly",
+                true,
+            ));
+            return Action::Pause;
+        }
         let encoding = self.get_http_request_header("content-encoding");
         if self.has_body && encoding.as_deref().is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
             self.reply(&anthropic_error(

@@ -28,6 +28,8 @@ pub struct Shared {
     pub cache: TokenCache,
     pub sessions: SessionTracker,
     pub metrics: Metrics,
+    /// Whether the recorder answered its last probe (only probed with `audit.required`).
+    pub recorder_up: bool,
 }
 
 pub type SharedRef = Rc<RefCell<Shared>>;
@@ -37,6 +39,9 @@ pub struct ScrimRoot {
     shared: Option<SharedRef>,
     /// Scheduled JWKS fetches in flight: call token → issuer index.
     fetches: HashMap<u32, usize>,
+    /// The recorder probe in flight, if any.
+    probe: Option<u32>,
+    last_probe_ms: u64,
 }
 
 pub fn seconds(t: SystemTime) -> u64 {
@@ -91,6 +96,36 @@ pub fn read_jwks_response(ctx: &dyn Context, issuer: &str, body_size: usize) -> 
 }
 
 impl ScrimRoot {
+    /// Asks the recorder whether it is there. Any HTTP answer means its listener is up; a
+    /// connect failure or timeout comes back from Envoy as 503 or 504.
+    fn probe_recorder(&mut self) {
+        let Some(shared) = self.shared.clone() else { return };
+        let s = shared.borrow();
+        let now_ms = millis(self.get_current_time());
+        if !s.config.audit.required
+            || self.probe.is_some()
+            || now_ms.saturating_sub(self.last_probe_ms) < s.config.audit.health_interval_ms
+        {
+            return;
+        }
+        self.last_probe_ms = now_ms;
+        let timeout = Duration::from_millis(s.config.audit.health_interval_ms.max(200));
+        match self.dispatch_http_call(
+            &s.config.audit.recorder_cluster,
+            vec![(":method", "GET"), (":path", "/healthz"), (":authority", "scrim-recorder")],
+            None,
+            vec![],
+            timeout,
+        ) {
+            Ok(call) => self.probe = Some(call),
+            Err(status) => {
+                drop(s);
+                error!("cannot probe the recorder: {status:?}");
+                shared.borrow_mut().recorder_up = false;
+            }
+        }
+    }
+
     fn start_due_fetches(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
         let now = seconds(self.get_current_time());
@@ -119,6 +154,19 @@ impl ScrimRoot {
 
 impl Context for ScrimRoot {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        if self.probe == Some(token) {
+            self.probe = None;
+            let status = self.get_http_call_response_header(":status").unwrap_or_default();
+            let up = !status.is_empty() && !status.starts_with('5');
+            if let Some(shared) = &self.shared {
+                let mut s = shared.borrow_mut();
+                if s.recorder_up != up {
+                    warn!("recorder is {}", if up { "back" } else { "unreachable: refusing new exchanges" });
+                }
+                s.recorder_up = up;
+            }
+            return;
+        }
         let (Some(i), Some(shared)) = (self.fetches.remove(&token), self.shared.clone()) else {
             return;
         };
@@ -156,15 +204,26 @@ impl RootContext for ScrimRoot {
         let cache = TokenCache::new(config.token_cache_entries);
         let metrics = Metrics::define();
         let sessions = SessionTracker::new(config.audit.session_idle_seconds * 1000, 10_000);
-        self.shared = Some(Rc::new(RefCell::new(Shared { config, service_key, keys, cache, sessions, metrics })));
-        // The first tick fires one period after start: fetch now as well.
+        let tick = Duration::from_millis(if config.audit.required { config.audit.health_interval_ms.min(1000) } else { 1000 });
+        self.shared = Some(Rc::new(RefCell::new(Shared {
+            config,
+            service_key,
+            keys,
+            cache,
+            sessions,
+            metrics,
+            recorder_up: false,
+        })));
+        // The first tick fires one period after start: fetch and probe now as well.
         self.start_due_fetches();
-        self.set_tick_period(Duration::from_secs(1));
+        self.probe_recorder();
+        self.set_tick_period(tick);
         true
     }
 
     fn on_tick(&mut self) {
         self.start_due_fetches();
+        self.probe_recorder();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
