@@ -67,6 +67,20 @@ pub fn reduce_children(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value
     }
 }
 
+/// [`reduce_children`], then `value` itself as a piece whatever its size (unless null): the
+/// record body keeps only a reference, so retention can remove the whole payload while the
+/// body, which the hash chain covers, stays as it was.
+pub fn reduce_payload(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value {
+    let value = reduce_children(value, sink);
+    if value.is_null() {
+        return value;
+    }
+    let bytes = serde_json::to_vec(&value).expect("JSON value serialises");
+    let hash = sha256_hex(&bytes);
+    sink(&hash, &bytes);
+    reference(hash)
+}
+
 fn reduce(value: Value, sink: &mut dyn FnMut(&str, &[u8])) -> Value {
     let value = reduce_children(value, sink);
     share(value, sink)

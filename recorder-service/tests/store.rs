@@ -164,7 +164,7 @@ fn edited_content_piece_is_named_by_verify() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
     drop(ten_records(&db));
-    tamper(&db, "UPDATE contents SET bytes = CAST(replace(CAST(bytes AS TEXT), 'the', 'THE') AS BLOB) WHERE hash = (SELECT min(hash) FROM contents);");
+    tamper(&db, "UPDATE contents SET bytes = CAST(replace(CAST(bytes AS TEXT), 'the', 'THE') AS BLOB) WHERE hash = (SELECT min(hash) FROM contents WHERE CAST(bytes AS TEXT) LIKE '%the%');");
     let problems = SqliteStore::open(&db).unwrap().verify().unwrap().problems;
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(

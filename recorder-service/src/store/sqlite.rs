@@ -4,17 +4,18 @@
 //! Tables: `records` (one row per exchange: indexed columns, the JSON body with shared
 //! pieces as references, the chain hashes) and `contents` (each shared piece once, keyed by
 //! its SHA-256). Indexed columns are copies of body fields for queries; `verify` checks them
-//! against the body, which the chain covers.
+//! against the body, which the chain covers. What goes in a row is shared with the other
+//! backends ([`super::rows`]). One writer at a time: appends take the write lock first.
 
+use super::rows::{self, Columns, Verifier};
 use super::{
-    Exchange, SessionQuery, SessionSummary, StorageUsage, Store, StoreError, VerifyReport,
+    Exchange, PurgeReport, SessionQuery, SessionSummary, StorageUsage, Store, StoreError,
+    VerifyReport,
 };
-use crate::chain::{self, ChainRow, Problem};
+use crate::chain;
 use crate::dedup;
 use crate::record::StoredRecord;
-use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::Value;
-use std::collections::HashSet;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 const SCHEMA_VERSION: &str = "1";
@@ -43,36 +44,6 @@ CREATE TABLE IF NOT EXISTS contents (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL)
 /// The SQLite backend of [`Store`].
 pub struct SqliteStore {
     conn: Connection,
-}
-
-/// Body fields copied into indexed columns.
-#[derive(Debug, PartialEq, Eq)]
-struct Columns {
-    exchange_id: String,
-    session_id: String,
-    subject: Option<String>,
-    start_ms: Option<i64>,
-    model: Option<String>,
-    decision: String,
-    input_tokens: i64,
-    output_tokens: i64,
-}
-
-impl Columns {
-    fn of(body: &Value) -> Columns {
-        let s = |p: &str| body.pointer(p).and_then(Value::as_str).map(str::to_owned);
-        let n = |p: &str| body.pointer(p).and_then(Value::as_i64);
-        Columns {
-            exchange_id: s("/record/exchange_id").unwrap_or_default(),
-            session_id: s("/record/session_id").unwrap_or_default(),
-            subject: s("/record/user/subject"),
-            start_ms: n("/envoy/start_time_ms"),
-            model: s("/record/model"),
-            decision: s("/record/decision").unwrap_or_default(),
-            input_tokens: n("/record/usage/input_tokens").unwrap_or(0),
-            output_tokens: n("/record/usage/output_tokens").unwrap_or(0),
-        }
-    }
 }
 
 impl SqliteStore {
@@ -120,16 +91,18 @@ impl SqliteStore {
     }
 
     fn exchange(&self, seq: i64, hash: Vec<u8>, body: String) -> Result<Exchange, StoreError> {
-        let value: Value =
-            serde_json::from_str(&body).map_err(|source| StoreError::Unreadable { seq, source })?;
-        let value = dedup::expand(value, &mut |h| self.load_piece(h));
-        let stored: StoredRecord = serde_json::from_value(value)
-            .map_err(|source| StoreError::Unreadable { seq, source })?;
-        Ok(Exchange {
-            seq,
-            hash: dedup::hex(&hash),
-            stored,
-        })
+        rows::decode(seq, &hash, &body, &mut |h| self.load_piece(h))
+    }
+
+    fn purged_before_ms(conn: &Connection) -> Result<Option<i64>, StoreError> {
+        let v: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'purged_before_ms'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()))
     }
 
     fn exchanges(
@@ -148,22 +121,13 @@ impl SqliteStore {
     }
 }
 
-/// Moves the shareable parts of `request` and `response` into `pieces`.
-fn reduce_body(stored: &StoredRecord, pieces: &mut Vec<(String, Vec<u8>)>) -> Value {
-    let mut value = serde_json::to_value(stored).expect("stored record serialises");
-    for field in ["request", "response"] {
-        if let Some(slot) = value.pointer_mut(&format!("/record/{field}")) {
-            let taken = slot.take();
-            *slot =
-                dedup::reduce_children(taken, &mut |h, b| pieces.push((h.to_owned(), b.to_vec())));
-        }
-    }
-    value
-}
-
 impl Store for SqliteStore {
     fn append(&mut self, batch: &[StoredRecord]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        // Take the write lock before reading the head: a second writer on the file then
+        // waits instead of failing to upgrade its read after the head moved.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut prev: Vec<u8> = tx
                 .query_row(
@@ -183,12 +147,11 @@ impl Store for SqliteStore {
             let mut pieces = Vec::new();
             for stored in batch {
                 pieces.clear();
-                let value = reduce_body(stored, &mut pieces);
+                let row = rows::encode(stored, &mut pieces);
                 for (hash, bytes) in &pieces {
                     put_piece.execute(params![hash, bytes])?;
                 }
-                let c = Columns::of(&value);
-                let body = serde_json::to_string(&value).expect("JSON value serialises");
+                let (c, body) = (row.columns, row.body);
                 let hash = chain::link_hash(&prev, body.as_bytes()).to_vec();
                 put_record.execute(params![
                     c.exchange_id,
@@ -268,8 +231,7 @@ impl Store for SqliteStore {
     }
 
     fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let mut rows = Vec::new();
-        let mut referenced: Vec<String> = Vec::new();
+        let mut verifier = Verifier::new(Self::purged_before_ms(&self.conn)?);
         let mut stmt = self.conn.prepare(
             "SELECT seq, exchange_id, session_id, subject, start_ms, model, decision,
                     input_tokens, output_tokens, body, prev_hash, hash
@@ -288,55 +250,17 @@ impl Store for SqliteStore {
                 output_tokens: r.get(8)?,
             };
             let body: String = r.get(9)?;
-            let prev_hash: Vec<u8> = r.get(10)?;
-            let hash: Vec<u8> = r.get(11)?;
-            let hash_ok =
-                chain::link_hash(&prev_hash, body.as_bytes()).as_slice() == hash.as_slice();
-            let columns_ok = match serde_json::from_str::<Value>(&body) {
-                Ok(v) => {
-                    dedup::references(&v, &mut referenced);
-                    Columns::of(&v) == stored_columns
-                }
-                Err(_) => false,
-            };
-            rows.push(ChainRow {
-                seq: r.get(0)?,
-                exchange_id: stored_columns.exchange_id,
-                prev_hash,
-                hash,
-                body_intact: hash_ok && columns_ok,
-            });
+            verifier.record(r.get(0)?, stored_columns, &body, r.get(10)?, r.get(11)?);
         }
-        let mut problems = chain::walk(&rows);
-
-        let mut present = HashSet::new();
         let mut stmt = self
             .conn
             .prepare("SELECT hash, bytes FROM contents ORDER BY hash")?;
         let mut q = stmt.query([])?;
         while let Some(r) = q.next()? {
-            let hash: String = r.get(0)?;
             let bytes: Vec<u8> = r.get(1)?;
-            if dedup::sha256_hex(&bytes) != hash {
-                problems.push(Problem::ContentAltered { hash: hash.clone() });
-            } else if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                dedup::references(&v, &mut referenced);
-            }
-            present.insert(hash);
+            verifier.piece(r.get(0)?, &bytes);
         }
-        referenced.sort();
-        referenced.dedup();
-        for hash in referenced {
-            if !present.contains(&hash) {
-                problems.push(Problem::ContentMissing { hash });
-            }
-        }
-        Ok(VerifyReport {
-            records: rows.len() as u64,
-            content_pieces: present.len() as u64,
-            head: rows.last().map(|r| (r.seq, dedup::hex(&r.hash))),
-            problems,
-        })
+        Ok(verifier.finish())
     }
 
     fn usage(&self) -> Result<StorageUsage, StoreError> {
@@ -355,6 +279,74 @@ impl Store for SqliteStore {
             record_bytes: record_bytes as u64,
             content_pieces: pieces as u64,
             content_bytes: piece_bytes as u64,
+        })
+    }
+
+    fn purge(&mut self, before_ms: i64) -> Result<PurgeReport, StoreError> {
+        // Overwrite deleted content with zeros instead of leaving it in free pages.
+        self.conn.pragma_update(None, "secure_delete", "ON")?;
+        // Immediate: no append may add a reference to a piece between the reachability walk
+        // and the delete.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let horizon = Self::purged_before_ms(&tx)?.map_or(before_ms, |h| h.max(before_ms));
+        let mut roots = Vec::new();
+        {
+            let mut stmt = tx.prepare(
+                "SELECT body FROM records WHERE start_ms IS NULL OR start_ms >= ?1",
+            )?;
+            let mut q = stmt.query([horizon])?;
+            while let Some(r) = q.next()? {
+                let body: String = r.get(0)?;
+                if let Ok(v) = serde_json::from_str(&body) {
+                    dedup::references(&v, &mut roots);
+                }
+            }
+        }
+        let keep = {
+            let mut load = tx.prepare("SELECT bytes FROM contents WHERE hash = ?1")?;
+            rows::reachable(roots, &mut |hashes| {
+                let mut found = Vec::new();
+                for h in hashes {
+                    if let Some(b) = load.query_row([h], |r| r.get(0)).optional()? {
+                        found.push((h.clone(), b));
+                    }
+                }
+                Ok(found)
+            })?
+        };
+        let mut removed = Vec::new();
+        {
+            let mut stmt = tx.prepare("SELECT hash, length(bytes) FROM contents")?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                let hash: String = r.get(0)?;
+                if !keep.contains_key(&hash) {
+                    removed.push((hash, r.get::<_, i64>(1)?));
+                }
+            }
+            let mut delete = tx.prepare("DELETE FROM contents WHERE hash = ?1")?;
+            for (hash, _) in &removed {
+                delete.execute([hash])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('purged_before_ms', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [horizon.to_string()],
+        )?;
+        let records_before: i64 = tx.query_row(
+            "SELECT count(*) FROM records WHERE start_ms < ?1",
+            [horizon],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok(PurgeReport {
+            purged_before_ms: horizon,
+            records_before: records_before as u64,
+            pieces_removed: removed.len() as u64,
+            bytes_removed: removed.iter().map(|(_, n)| *n as u64).sum(),
         })
     }
 }

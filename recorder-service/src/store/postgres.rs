@@ -1,0 +1,440 @@
+//! PostgreSQL store, for deployments where several recorders write to one database: the same
+//! rows as SQLite ([`super::rows`]) in the same tables, one transaction per batch, committed
+//! with PostgreSQL's synchronous commit so a batch is durable when `append` returns.
+//!
+//! One chain, many writers: the one-row table `chain_head` holds the newest record's number
+//! and hash, and every append locks it (`SELECT … FOR UPDATE`) before it links its records,
+//! so appends from different recorders queue up and each links to the one committed before.
+//! A side effect: deleting the newest records in SQL leaves `chain_head` pointing at them,
+//! so the next append links to the deleted hash and `verify` reports the gap.
+//!
+//! Limit: connections are plain (no TLS); keep the database on a trusted network or socket.
+
+use super::rows::{self, Columns, Verifier};
+use super::{
+    Exchange, PurgeReport, SessionQuery, SessionSummary, StorageUsage, Store, StoreError,
+    VerifyReport,
+};
+use crate::chain;
+use crate::dedup;
+use crate::record::StoredRecord;
+use ::postgres::{Client, GenericClient, IsolationLevel, NoTls, Row};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard};
+
+const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq BIGINT PRIMARY KEY,
+    exchange_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    subject TEXT,
+    start_ms BIGINT,
+    model TEXT,
+    decision TEXT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash BYTEA NOT NULL,
+    hash BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_session ON records (session_id, seq);
+CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, start_ms);
+CREATE TABLE IF NOT EXISTS contents (hash TEXT PRIMARY KEY, bytes BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS chain_head (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    seq BIGINT NOT NULL,
+    hash BYTEA NOT NULL
+);
+";
+
+/// Serialises schema creation when several recorders start at once on an empty database
+/// (`CREATE TABLE IF NOT EXISTS` is not safe against a concurrent twin).
+const SCHEMA_LOCK: i64 = 0x5c41_4d00;
+
+/// Rows fetched per round trip when walking every record.
+const PAGE_ROWS: i32 = 256;
+
+/// The PostgreSQL backend of [`Store`].
+pub struct PostgresStore {
+    url: String,
+    // The trait reads through `&self`; the client needs `&mut` for every query.
+    client: Mutex<Client>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) and creates the tables if absent.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut client = Client::connect(url, NoTls)?;
+        let mut tx = client.transaction()?;
+        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))?;
+        tx.batch_execute(SCHEMA)?;
+        tx.execute(
+            "INSERT INTO chain_head (seq, hash) VALUES (0, $1) ON CONFLICT DO NOTHING",
+            &[&chain::GENESIS.as_slice()],
+        )?;
+        let found: Option<String> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'schema'", &[])?
+            .map(|r| r.get(0));
+        match found {
+            None => {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', $1)",
+                    &[&SCHEMA_VERSION],
+                )?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::SchemaVersion {
+                    found: v,
+                    expected: SCHEMA_VERSION.into(),
+                })
+            }
+        }
+        tx.commit()?;
+        Ok(PostgresStore {
+            url: url.to_owned(),
+            client: Mutex::new(client),
+        })
+    }
+
+    /// The connection, re-established if the server closed it (restart, failover).
+    fn client(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
+        let mut client = self
+            .client
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if client.is_closed() {
+            *client = Client::connect(&self.url, NoTls)?;
+        }
+        Ok(client)
+    }
+}
+
+fn purged_before_ms(c: &mut impl GenericClient) -> Result<Option<i64>, StoreError> {
+    Ok(c.query_opt(
+        "SELECT value FROM meta WHERE key = 'purged_before_ms'",
+        &[],
+    )?
+    .and_then(|r| r.get::<_, String>(0).parse().ok()))
+}
+
+/// The stored pieces among `hashes`.
+fn load_many(
+    c: &mut impl GenericClient,
+    hashes: &[String],
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    Ok(c
+        .query(
+            "SELECT hash, bytes FROM contents WHERE hash = ANY($1)",
+            &[&hashes],
+        )?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Rows of `(seq, hash, body)` as exchanges, with every piece they reach fetched level by
+/// level (a few queries) rather than one query per piece.
+fn exchanges(c: &mut impl GenericClient, found: &[Row]) -> Result<Vec<Exchange>, StoreError> {
+    let mut roots = Vec::new();
+    for row in found {
+        if let Ok(v) = serde_json::from_str::<Value>(row.get(2)) {
+            dedup::references(&v, &mut roots);
+        }
+    }
+    let pieces = rows::reachable(roots, &mut |h| load_many(c, h))?;
+    found
+        .iter()
+        .map(|row| {
+            rows::decode(row.get(0), row.get(1), row.get(2), &mut |h| {
+                pieces.get(h).cloned()
+            })
+        })
+        .collect()
+}
+
+impl Store for PostgresStore {
+    fn append(&mut self, batch: &[StoredRecord]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Encode before taking the chain lock: other recorders wait only for the inserts.
+        let mut pieces = Vec::new();
+        let encoded: Vec<_> = batch
+            .iter()
+            .map(|stored| rows::encode(stored, &mut pieces))
+            .collect();
+        let mut seen = HashSet::new();
+        let (piece_hashes, piece_bytes): (Vec<String>, Vec<Vec<u8>>) = pieces
+            .into_iter()
+            .filter(|(h, _)| seen.insert(h.clone()))
+            .unzip();
+
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        let head = tx.query_one("SELECT seq, hash FROM chain_head FOR UPDATE", &[])?;
+        let head_seq: i64 = head.get(0);
+        let mut prev: Vec<u8> = head.get(1);
+        // Numbers continue after the highest row too, so rows someone added by hand cannot
+        // make every later append fail on a duplicate key.
+        let max_seq: i64 = tx
+            .query_one("SELECT coalesce(max(seq), 0) FROM records", &[])?
+            .get(0);
+        let mut seq = head_seq.max(max_seq);
+
+        let n = encoded.len();
+        let mut seqs = Vec::with_capacity(n);
+        let mut exchange_ids = Vec::with_capacity(n);
+        let mut session_ids = Vec::with_capacity(n);
+        let mut subjects = Vec::with_capacity(n);
+        let mut starts = Vec::with_capacity(n);
+        let mut models = Vec::with_capacity(n);
+        let mut decisions = Vec::with_capacity(n);
+        let mut inputs = Vec::with_capacity(n);
+        let mut outputs = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        let mut prevs = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        for row in encoded {
+            seq += 1;
+            let hash = chain::link_hash(&prev, row.body.as_bytes()).to_vec();
+            let c = row.columns;
+            seqs.push(seq);
+            exchange_ids.push(c.exchange_id);
+            session_ids.push(c.session_id);
+            subjects.push(c.subject);
+            starts.push(c.start_ms);
+            models.push(c.model);
+            decisions.push(c.decision);
+            inputs.push(c.input_tokens);
+            outputs.push(c.output_tokens);
+            bodies.push(row.body);
+            prevs.push(std::mem::replace(&mut prev, hash.clone()));
+            hashes.push(hash);
+        }
+        // One statement per table for the whole batch (arrays unnested server-side): the
+        // round trips, not the rows, are what a batch costs.
+        tx.execute(
+            "INSERT INTO contents (hash, bytes)
+             SELECT * FROM unnest($1::text[], $2::bytea[])
+             ON CONFLICT (hash) DO NOTHING",
+            &[&piece_hashes, &piece_bytes],
+        )?;
+        tx.execute(
+            "INSERT INTO records (seq, exchange_id, session_id, subject, start_ms, model,
+                decision, input_tokens, output_tokens, body, prev_hash, hash)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[],
+                $11::bytea[], $12::bytea[])",
+            &[
+                &seqs,
+                &exchange_ids,
+                &session_ids,
+                &subjects,
+                &starts,
+                &models,
+                &decisions,
+                &inputs,
+                &outputs,
+                &bodies,
+                &prevs,
+                &hashes,
+            ],
+        )?;
+        tx.execute(
+            "UPDATE chain_head SET seq = $1, hash = $2",
+            &[&seq, &prev],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionSummary>, StoreError> {
+        let limit = query.limit.map(|l| l.min(i64::MAX as u64) as i64);
+        let found = self.client()?.query(
+            "SELECT session_id, array_agg(DISTINCT subject), count(*),
+                    count(*) FILTER (WHERE decision <> 'allowed'), min(start_ms), max(start_ms),
+                    coalesce(sum(input_tokens), 0)::bigint, coalesce(sum(output_tokens), 0)::bigint,
+                    array_agg(DISTINCT model)
+             FROM records
+             WHERE $1::text IS NULL
+                OR session_id IN (SELECT session_id FROM records WHERE subject = $1)
+             GROUP BY session_id
+             ORDER BY max(seq) DESC
+             LIMIT $2",
+            &[&query.subject, &limit],
+        )?;
+        let strings = |v: Vec<Option<String>>| -> Vec<String> {
+            let mut v: Vec<String> = v.into_iter().flatten().collect();
+            v.sort();
+            v
+        };
+        Ok(found
+            .into_iter()
+            .map(|r| SessionSummary {
+                session_id: r.get(0),
+                subjects: strings(r.get(1)),
+                exchanges: r.get::<_, i64>(2) as u64,
+                refused: r.get::<_, i64>(3) as u64,
+                first_ms: r.get(4),
+                last_ms: r.get(5),
+                input_tokens: r.get::<_, i64>(6) as u64,
+                output_tokens: r.get::<_, i64>(7) as u64,
+                models: strings(r.get(8)),
+            })
+            .collect())
+    }
+
+    fn session(&self, session_id: &str) -> Result<Vec<Exchange>, StoreError> {
+        let mut client = self.client()?;
+        let found = client.query(
+            "SELECT seq, hash, body FROM records WHERE session_id = $1 ORDER BY seq",
+            &[&session_id],
+        )?;
+        exchanges(&mut *client, &found)
+    }
+
+    fn for_each(
+        &self,
+        f: &mut dyn FnMut(Exchange) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client()?;
+        // A cursor inside one snapshot: constant memory, and pieces are fetched per page.
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let portal = tx.bind("SELECT seq, hash, body FROM records ORDER BY seq", &[])?;
+        loop {
+            let page = tx.query_portal(&portal, PAGE_ROWS)?;
+            if page.is_empty() {
+                break;
+            }
+            for ex in exchanges(&mut tx, &page)? {
+                f(ex)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut client = self.client()?;
+        // One snapshot, so a purge or append running meanwhile cannot look like tampering.
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let mut verifier = Verifier::new(purged_before_ms(&mut tx)?);
+        let portal = tx.bind(
+            "SELECT seq, exchange_id, session_id, subject, start_ms, model, decision,
+                    input_tokens, output_tokens, body, prev_hash, hash
+             FROM records ORDER BY seq",
+            &[],
+        )?;
+        loop {
+            let page = tx.query_portal(&portal, PAGE_ROWS * 4)?;
+            if page.is_empty() {
+                break;
+            }
+            for r in page {
+                let stored_columns = Columns {
+                    exchange_id: r.get(1),
+                    session_id: r.get(2),
+                    subject: r.get(3),
+                    start_ms: r.get(4),
+                    model: r.get(5),
+                    decision: r.get(6),
+                    input_tokens: r.get(7),
+                    output_tokens: r.get(8),
+                };
+                verifier.record(r.get(0), stored_columns, r.get(9), r.get(10), r.get(11));
+            }
+        }
+        let portal = tx.bind("SELECT hash, bytes FROM contents ORDER BY hash", &[])?;
+        loop {
+            let page = tx.query_portal(&portal, PAGE_ROWS * 4)?;
+            if page.is_empty() {
+                break;
+            }
+            for r in page {
+                verifier.piece(r.get(0), r.get(1));
+            }
+        }
+        tx.commit()?;
+        Ok(verifier.finish())
+    }
+
+    fn usage(&self) -> Result<StorageUsage, StoreError> {
+        let mut client = self.client()?;
+        let records = client.query_one(
+            "SELECT count(*), coalesce(sum(octet_length(body) + octet_length(prev_hash)
+                    + octet_length(hash)), 0)::bigint
+             FROM records",
+            &[],
+        )?;
+        let pieces = client.query_one(
+            "SELECT count(*), coalesce(sum(octet_length(bytes) + octet_length(hash)), 0)::bigint
+             FROM contents",
+            &[],
+        )?;
+        Ok(StorageUsage {
+            records: records.get::<_, i64>(0) as u64,
+            record_bytes: records.get::<_, i64>(1) as u64,
+            content_pieces: pieces.get::<_, i64>(0) as u64,
+            content_bytes: pieces.get::<_, i64>(1) as u64,
+        })
+    }
+
+    fn purge(&mut self, before_ms: i64) -> Result<PurgeReport, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        // Hold the chain lock: no append may add a reference to a piece between the
+        // reachability walk and the delete.
+        tx.query_one("SELECT seq FROM chain_head FOR UPDATE", &[])?;
+        let horizon = purged_before_ms(&mut tx)?.map_or(before_ms, |h| h.max(before_ms));
+        let mut roots = Vec::new();
+        for r in tx.query(
+            "SELECT body FROM records WHERE start_ms IS NULL OR start_ms >= $1",
+            &[&horizon],
+        )? {
+            if let Ok(v) = serde_json::from_str::<Value>(r.get(0)) {
+                dedup::references(&v, &mut roots);
+            }
+        }
+        let keep: Vec<String> = rows::reachable(roots, &mut |h| load_many(&mut tx, h))?
+            .into_keys()
+            .collect();
+        let removed = tx.query(
+            "DELETE FROM contents WHERE hash <> ALL($1) RETURNING octet_length(bytes)",
+            &[&keep],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('purged_before_ms', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&horizon.to_string()],
+        )?;
+        let records_before: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM records WHERE start_ms < $1",
+                &[&horizon],
+            )?
+            .get(0);
+        tx.commit()?;
+        // Lets PostgreSQL reuse the dead rows' space; the bytes leave the disk when that space
+        // is reused (VACUUM FULL rewrites the table at once, at the price of a table lock).
+        client.batch_execute("VACUUM contents")?;
+        Ok(PurgeReport {
+            purged_before_ms: horizon,
+            records_before: records_before as u64,
+            pieces_removed: removed.len() as u64,
+            bytes_removed: removed.iter().map(|r| r.get::<_, i32>(0) as u64).sum(),
+        })
+    }
+}
