@@ -1,0 +1,463 @@
+//! The store contract, run against SQLite and a real PostgreSQL (started by
+//! [`postgres_server`]): append, list, show, export, verify, content dedup, tamper detection by
+//! editing rows with SQL directly, retention, several writers on one chain, and ingest rate.
+//!
+//! Each case is a function over a [`Backend`]; `contract!` turns it into one test per store
+//! (`sqlite::<case>` and `postgres::<case>`).
+
+mod common;
+mod postgres_server;
+
+use common::*;
+use scrim_core::audit::AuditRecord;
+use scrim_recorder::chain::Problem;
+use scrim_recorder::envoy::envoy_fields;
+use scrim_recorder::record::StoredRecord;
+use scrim_recorder::store::{self, SessionQuery, Store};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// A store under test: fresh and empty, reachable by a new handle and by raw SQL.
+trait Backend {
+    const NAME: &'static str;
+    fn new() -> Self;
+    /// A new handle on the same store (another recorder, or the same one restarted).
+    fn open(&self) -> Box<dyn Store>;
+    /// Runs SQL directly against the database, bypassing the store.
+    fn tamper(&self, sql: &str);
+}
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Backend for Sqlite {
+    const NAME: &'static str = "SQLite";
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        Sqlite { _dir: dir, path }
+    }
+    fn open(&self) -> Box<dyn Store> {
+        store::open(self.path.to_str().unwrap()).unwrap()
+    }
+    fn tamper(&self, sql: &str) {
+        rusqlite::Connection::open(&self.path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+}
+
+struct Postgres {
+    url: String,
+}
+
+impl Backend for Postgres {
+    const NAME: &'static str = "PostgreSQL";
+    fn new() -> Self {
+        Postgres {
+            url: postgres_server::server().fresh_database(),
+        }
+    }
+    fn open(&self) -> Box<dyn Store> {
+        store::open(&self.url).unwrap()
+    }
+    fn tamper(&self, sql: &str) {
+        ::postgres::Client::connect(&self.url, ::postgres::NoTls)
+            .unwrap()
+            .batch_execute(sql)
+            .unwrap();
+    }
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $case() { super::$case(&<super::Sqlite as super::Backend>::new()) } )*
+        }
+        mod postgres {
+            $( #[test] fn $case() { super::$case(&<super::Postgres as super::Backend>::new()) } )*
+        }
+    };
+}
+
+contract!(
+    sessions_are_listed_newest_first_and_filtered_by_user,
+    session_shows_its_exchanges_in_order_with_content_restored,
+    export_walks_every_exchange_in_chain_order,
+    untouched_store_verifies_and_a_reopened_store_extends_the_chain,
+    edited_and_deleted_rows_are_named_by_verify,
+    edited_index_column_is_named_by_verify,
+    row_inserted_into_the_middle_is_named_by_verify,
+    edited_content_piece_is_named_by_verify,
+    deleted_content_piece_is_named_by_verify_and_the_rest_still_reads,
+    repeated_conversation_content_is_stored_once,
+    concurrent_writers_keep_one_linear_chain,
+    purge_removes_old_payload_and_the_chain_still_verifies,
+    purge_keeps_pieces_that_newer_records_share,
+    content_deleted_inside_the_retention_period_is_still_reported,
+    purge_horizon_never_moves_back,
+    ingest_rate_is_reported,
+);
+
+const DAY_S: i64 = 86_400;
+const T0: i64 = 1_700_000_000;
+
+fn stored(record: AuditRecord, start_s: i64) -> StoredRecord {
+    let envoy = envoy_fields(&record_entry(&record, start_s));
+    StoredRecord { record, envoy }
+}
+
+/// Exchange `x{i}` in session s-a (odd, alice) or s-b (even, bob), starting `i` days after T0.
+fn nth_record(i: u64) -> StoredRecord {
+    let (session, user) = if i % 2 == 1 {
+        ("s-a", "alice")
+    } else {
+        ("s-b", "bob")
+    };
+    let mut r = simple_record(&format!("x{i}"), session, user);
+    r.request = Some(serde_json::json!({"messages": [{"role": "user", "content": words(i, 400)}]}));
+    stored(r, T0 + i as i64 * DAY_S)
+}
+
+/// Ten exchanges x1..x10, one append each.
+fn ten_records(b: &impl Backend) -> Box<dyn Store> {
+    let mut store = b.open();
+    for i in 1..=10 {
+        store.append(&[nth_record(i)]).unwrap();
+    }
+    store
+}
+
+fn sessions_are_listed_newest_first_and_filtered_by_user(b: &impl Backend) {
+    let store = ten_records(b);
+    let all = store.sessions(&SessionQuery::default()).unwrap();
+    let ids: Vec<_> = all.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids, ["s-b", "s-a"]);
+    assert_eq!(all[0].exchanges, 5);
+    assert_eq!(all[0].refused, 0);
+    assert_eq!(all[0].subjects, ["bob"]);
+    assert_eq!(all[0].input_tokens, 50);
+    assert_eq!(all[0].output_tokens, 100);
+    assert_eq!(all[0].models, ["claude-sonnet-4-5"]);
+    assert_eq!(all[0].first_ms, Some((T0 + 2 * DAY_S) * 1000));
+    assert_eq!(all[0].last_ms, Some((T0 + 10 * DAY_S) * 1000));
+    let alice = store
+        .sessions(&SessionQuery {
+            subject: Some("alice".into()),
+            limit: None,
+        })
+        .unwrap();
+    assert_eq!(alice.len(), 1);
+    assert_eq!(alice[0].session_id, "s-a");
+    let one = store
+        .sessions(&SessionQuery {
+            subject: None,
+            limit: Some(1),
+        })
+        .unwrap();
+    assert_eq!(one.len(), 1);
+}
+
+fn session_shows_its_exchanges_in_order_with_content_restored(b: &impl Backend) {
+    let store = ten_records(b);
+    let ex = store.session("s-a").unwrap();
+    let ids: Vec<_> = ex
+        .iter()
+        .map(|e| e.stored.record.exchange_id.as_str())
+        .collect();
+    assert_eq!(ids, ["x1", "x3", "x5", "x7", "x9"]);
+    assert_eq!(ex[0].stored, nth_record(1));
+    assert!(!ex[0].content_missing);
+    assert!(store.session("nope").unwrap().is_empty());
+}
+
+fn export_walks_every_exchange_in_chain_order(b: &impl Backend) {
+    // More than one page of the PostgreSQL cursor, in one batch.
+    let batch: Vec<_> = (1..=600).map(nth_record).collect();
+    let mut store = b.open();
+    store.append(&batch).unwrap();
+    let mut seen = Vec::new();
+    store
+        .for_each(&mut |ex| {
+            seen.push((ex.seq, ex.stored));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen.len(), 600);
+    assert!(seen.iter().enumerate().all(|(i, (seq, _))| *seq == i as i64 + 1));
+    assert_eq!(seen[599].1, batch[599]);
+}
+
+fn untouched_store_verifies_and_a_reopened_store_extends_the_chain(b: &impl Backend) {
+    let report = ten_records(b).verify().unwrap();
+    assert_eq!(report.records, 10);
+    assert_eq!(report.head.as_ref().map(|h| h.0), Some(10));
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let mut again = b.open();
+    again.append(&[nth_record(11)]).unwrap();
+    let report = again.verify().unwrap();
+    assert_eq!(report.head.as_ref().map(|h| h.0), Some(11));
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+fn edited_and_deleted_rows_are_named_by_verify(b: &impl Backend) {
+    let store = ten_records(b);
+    b.tamper(
+        "UPDATE records SET body = replace(body, '\"output_tokens\":20', '\"output_tokens\":2') WHERE seq = 3;
+         DELETE FROM records WHERE seq = 7;",
+    );
+    assert_eq!(
+        store.verify().unwrap().problems,
+        vec![
+            Problem::Altered {
+                seq: 3,
+                exchange_id: "x3".into()
+            },
+            Problem::Deleted {
+                before_seq: 8,
+                missing_seqs: Some((7, 7))
+            },
+        ]
+    );
+}
+
+fn edited_index_column_is_named_by_verify(b: &impl Backend) {
+    let store = ten_records(b);
+    b.tamper("UPDATE records SET subject = 'mallory' WHERE seq = 4;");
+    assert_eq!(
+        store.verify().unwrap().problems,
+        vec![Problem::Altered {
+            seq: 4,
+            exchange_id: "x4".into()
+        }]
+    );
+}
+
+fn row_inserted_into_the_middle_is_named_by_verify(b: &impl Backend) {
+    let store = ten_records(b);
+    // Make room at 5 and copy record 2 there, as someone replaying an old exchange would.
+    b.tamper(
+        "UPDATE records SET seq = -seq WHERE seq >= 5;
+         UPDATE records SET seq = 1 - seq WHERE seq < 0;
+         INSERT INTO records (seq, exchange_id, session_id, subject, start_ms, model, decision,
+                              input_tokens, output_tokens, body, prev_hash, hash)
+           SELECT 5, exchange_id, session_id, subject, start_ms, model, decision,
+                  input_tokens, output_tokens, body, prev_hash, hash FROM records WHERE seq = 2;",
+    );
+    assert_eq!(
+        store.verify().unwrap().problems,
+        vec![Problem::Inserted {
+            seq: 5,
+            exchange_id: "x2".into()
+        }]
+    );
+}
+
+fn edited_content_piece_is_named_by_verify(b: &impl Backend) {
+    let store = ten_records(b);
+    b.tamper(
+        "UPDATE contents SET bytes = (SELECT bytes FROM contents ORDER BY hash DESC LIMIT 1)
+         WHERE hash = (SELECT min(hash) FROM contents);",
+    );
+    let problems = store.verify().unwrap().problems;
+    assert!(
+        matches!(problems.as_slice(), [Problem::ContentAltered { .. }]),
+        "{problems:?}"
+    );
+}
+
+fn deleted_content_piece_is_named_by_verify_and_the_rest_still_reads(b: &impl Backend) {
+    let store = ten_records(b);
+    b.tamper("DELETE FROM contents WHERE hash = (SELECT min(hash) FROM contents);");
+    let problems = store.verify().unwrap().problems;
+    assert!(
+        matches!(problems.as_slice(), [Problem::ContentMissing { .. }]),
+        "{problems:?}"
+    );
+    let mut exchanges = store.session("s-a").unwrap();
+    exchanges.extend(store.session("s-b").unwrap());
+    assert_eq!(exchanges.len(), 10);
+    assert_eq!(exchanges.iter().filter(|e| e.content_missing).count(), 1);
+}
+
+fn repeated_conversation_content_is_stored_once(b: &impl Backend) {
+    let mut store = b.open();
+    let records = agent_session("agent-1", 20);
+    let sent: usize = records.iter().map(|r| r.to_bytes().len()).sum();
+    for (i, r) in records.iter().enumerate() {
+        store.append(&[stored(r.clone(), T0 + i as i64)]).unwrap();
+    }
+    let usage = store.usage().unwrap();
+    let kept = (usage.record_bytes + usage.content_bytes) as usize;
+    assert!(kept * 3 < sent, "kept {kept} B of {sent} B sent");
+    let back = store.session("agent-1").unwrap();
+    assert_eq!(back[19].stored.record, records[19]);
+    assert!(store.verify().unwrap().problems.is_empty());
+}
+
+fn concurrent_writers_keep_one_linear_chain(b: &impl Backend) {
+    const WRITERS: u64 = 4;
+    const BATCHES: u64 = 10;
+    const PER_BATCH: u64 = 5;
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            // Each writer is its own handle, as separate recorders on one database are.
+            let mut store = b.open();
+            s.spawn(move || {
+                for k in 0..BATCHES {
+                    let batch: Vec<_> = (0..PER_BATCH)
+                        .map(|j| nth_record(1000 * w + PER_BATCH * k + j))
+                        .collect();
+                    store.append(&batch).unwrap();
+                }
+            });
+        }
+    });
+    let report = b.open().verify().unwrap();
+    assert_eq!(report.records, WRITERS * BATCHES * PER_BATCH);
+    assert_eq!(
+        report.head.map(|h| h.0),
+        Some((WRITERS * BATCHES * PER_BATCH) as i64)
+    );
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+fn purge_removes_old_payload_and_the_chain_still_verifies(b: &impl Backend) {
+    let mut store = ten_records(b);
+    let before = store.usage().unwrap();
+    // x1..x5 started before day 6.
+    let cutoff_ms = (T0 + 6 * DAY_S) * 1000;
+    let report = store.purge(cutoff_ms).unwrap();
+    assert_eq!(report.purged_before_ms, cutoff_ms);
+    assert_eq!(report.records_before, 5);
+    assert!(report.pieces_removed >= 10, "{report:?}");
+    let after = store.usage().unwrap();
+    assert_eq!(after.records, 10);
+    assert_eq!(after.record_bytes, before.record_bytes);
+    // Usage counts each piece's 64-character key too; the report counts payload bytes.
+    assert_eq!(
+        after.content_bytes + report.bytes_removed + 64 * report.pieces_removed,
+        before.content_bytes,
+        "{report:?}"
+    );
+
+    let verify = store.verify().unwrap();
+    assert!(verify.problems.is_empty(), "{:?}", verify.problems);
+    assert_eq!(verify.purged_before_ms, Some(cutoff_ms));
+    assert_eq!(verify.records, 10);
+
+    let mut all = Vec::new();
+    store
+        .for_each(&mut |ex| {
+            all.push(ex);
+            Ok(())
+        })
+        .unwrap();
+    for ex in &all[..5] {
+        assert!(ex.content_missing, "{}", ex.seq);
+        assert!(ex.stored.record.response.is_none());
+        // Metadata stays: who, what model, what it cost, what Envoy saw.
+        assert_eq!(ex.stored.record.usage.unwrap().output_tokens, 20);
+        assert!(ex.stored.record.user.is_some());
+        assert!(ex.stored.envoy.start_time_ms.is_some());
+    }
+    for ex in &all[5..] {
+        assert!(!ex.content_missing);
+        assert_eq!(ex.stored, nth_record(ex.seq as u64));
+    }
+    // Session listings are built from metadata only: unchanged.
+    assert_eq!(store.sessions(&SessionQuery::default()).unwrap()[0].input_tokens, 50);
+}
+
+fn purge_keeps_pieces_that_newer_records_share(b: &impl Backend) {
+    let mut store = b.open();
+    let records = agent_session("agent-1", 6);
+    for (i, r) in records.iter().enumerate() {
+        store.append(&[stored(r.clone(), T0 + i as i64 * DAY_S)]).unwrap();
+    }
+    store.purge((T0 + 5 * DAY_S) * 1000).unwrap();
+    assert!(store.verify().unwrap().problems.is_empty());
+    let back = store.session("agent-1").unwrap();
+    // The newest turn resends the whole conversation, old turns included: all still there.
+    assert_eq!(back[5].stored.record, records[5]);
+    assert!(back[..5].iter().all(|e| e.content_missing));
+}
+
+fn content_deleted_inside_the_retention_period_is_still_reported(b: &impl Backend) {
+    let mut store = ten_records(b);
+    store.purge((T0 + 6 * DAY_S) * 1000).unwrap();
+    // The message text of x10, inside the period: stored as its own piece.
+    let text = serde_json::to_vec(&serde_json::Value::String(words(10, 400))).unwrap();
+    let hash = scrim_recorder::dedup::sha256_hex(&text);
+    b.tamper(&format!("DELETE FROM contents WHERE hash = '{hash}';"));
+    assert_eq!(
+        store.verify().unwrap().problems,
+        vec![Problem::ContentMissing { hash }]
+    );
+}
+
+fn purge_horizon_never_moves_back(b: &impl Backend) {
+    let mut store = ten_records(b);
+    let late = (T0 + 6 * DAY_S) * 1000;
+    store.purge(late).unwrap();
+    let report = store.purge(late - 3 * DAY_S * 1000).unwrap();
+    assert_eq!(report.purged_before_ms, late);
+    assert_eq!(report.pieces_removed, 0);
+    assert!(store.verify().unwrap().problems.is_empty());
+}
+
+/// Prints records/s for group commits (as ingest does with a backlog) and for one commit per
+/// record; asserts only that ingestion works at all.
+fn ingest_rate_is_reported<B: Backend>(b: &B) {
+    let mut store = b.open();
+    let records: Vec<_> = (1..=2000).map(nth_record).collect();
+    let start = Instant::now();
+    for chunk in records[..1800].chunks(100) {
+        store.append(chunk).unwrap();
+    }
+    let grouped = 1800.0 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for r in &records[1800..] {
+        store.append(std::slice::from_ref(r)).unwrap();
+    }
+    let single = 200.0 / start.elapsed().as_secs_f64();
+    let build = if cfg!(debug_assertions) { "debug" } else { "release" };
+    println!(
+        "ingest rate ({build} build), {}: {grouped:.0} records/s in batches of 100, \
+         {single:.0} records/s one commit per record",
+        B::NAME
+    );
+    assert_eq!(store.verify().unwrap().records, 2000);
+}
+
+/// The two stores write the same bytes: the same records give the same chain head.
+#[test]
+fn same_records_give_the_same_chain_head_in_both_stores() {
+    let heads: Vec<_> = [
+        ten_records(&Sqlite::new()).verify().unwrap().head,
+        ten_records(&Postgres::new()).verify().unwrap().head,
+    ]
+    .into();
+    assert!(heads[0].is_some());
+    assert_eq!(heads[0], heads[1]);
+}
+
+/// PostgreSQL only: the chain-head row remembers the newest record, so deleting it shows up
+/// as soon as the next record is appended.
+#[test]
+fn postgres_deleted_newest_record_is_named_after_the_next_append() {
+    let b = Postgres::new();
+    let mut store = ten_records(&b);
+    b.tamper("DELETE FROM records WHERE seq = 10;");
+    store.append(&[nth_record(11)]).unwrap();
+    assert_eq!(
+        store.verify().unwrap().problems,
+        vec![Problem::Deleted {
+            before_seq: 11,
+            missing_seqs: Some((10, 10))
+        }]
+    );
+}
