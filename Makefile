@@ -27,6 +27,7 @@ $(ENVOY): envoy/ENVOY_VERSION
 	@touch $(ENVOY)
 
 test-tools: tools $(CLAUDE) ## also install the Claude Code CLI the end-to-end tests drive (tests/CLAUDE_CODE_VERSION)
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
 
 $(CLAUDE): tests/CLAUDE_CODE_VERSION
 	npm install --prefix $(TOOLS)/node --silent --no-audit --no-fund @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
