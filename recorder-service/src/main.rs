@@ -1,9 +1,8 @@
-//! `scrim-recorder`: the recorder's command line (serve, sessions, verify, export).
+//! `scrim-recorder`: the recorder's command line (serve, sessions, verify, export, purge).
 
 use clap::{Args, Parser, Subcommand};
 use scrim_recorder::ingest::{self, Ingest, IngestConfig};
-use scrim_recorder::store::sqlite::SqliteStore;
-use scrim_recorder::store::{Exchange, SessionQuery, Store, StoreError};
+use scrim_recorder::store::{self, Exchange, SessionQuery, Store, StoreError};
 use scrim_recorder::time::format_ms;
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,20 +25,27 @@ Examples:
   scrim-recorder --db audit.db verify
 
   # Everything as JSON Lines
-  scrim-recorder --db audit.db export > audit.jsonl";
+  scrim-recorder --db audit.db export > audit.jsonl
+
+  # Drop request and response content older than 90 days (metadata and hashes stay)
+  scrim-recorder --db audit.db purge --older-than 90
+
+  # Several recorders sharing one PostgreSQL database
+  scrim-recorder --db postgres://scrim@db.internal/audit serve --grpc-listen 0.0.0.0:9901";
 
 /// Scrim recorder: stores the audit record of every exchange Envoy logs, hash-chained.
 #[derive(Parser)]
 #[command(version, after_help = EXAMPLES)]
 struct Cli {
-    /// SQLite database file (created if absent).
+    /// SQLite database file (created if absent), or a `postgres://user@host:port/db` URL to
+    /// store in PostgreSQL (tables created if absent; several recorders may share it).
     #[arg(
         long,
         env = "SCRIM_RECORDER_DB",
         global = true,
         default_value = "scrim-recorder.db"
     )]
-    db: PathBuf,
+    db: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +68,16 @@ enum Command {
         /// Output file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Remove request and response content of exchanges older than DAYS. Identity, decision,
+    /// counts, usage, timings and hashes stay, so `verify` still passes.
+    Purge {
+        /// Retention period: exchanges that started more than this many days ago lose their
+        /// content.
+        #[arg(long, value_name = "DAYS")]
+        older_than: u32,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -122,7 +138,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let store = SqliteStore::open(&cli.db)?;
+    let mut store = store::open(&cli.db)?;
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Serve(args) => {
@@ -187,6 +203,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 if let Some((seq, hash)) = &report.head {
                     writeln!(out, "head: record {seq} {hash}")?;
                 }
+                if let Some(t) = report.purged_before_ms {
+                    writeln!(out, "content purged before {} (retention)", format_ms(t))?;
+                }
                 for p in &report.problems {
                     writeln!(out, "PROBLEM: {p}")?;
                 }
@@ -196,6 +215,25 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
             if !report.problems.is_empty() {
                 return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Purge { older_than, json } => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let report = store.purge(store::retention_cutoff_ms(now_ms, older_than))?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "content purged before {}: {} pieces, {} bytes removed; {} records keep their metadata",
+                    format_ms(report.purged_before_ms),
+                    report.pieces_removed,
+                    report.bytes_removed,
+                    report.records_before
+                )?;
             }
         }
         Command::Export { out: path } => {
@@ -220,7 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(store: SqliteStore, args: ServeArgs) -> Result<(), CliError> {
+fn serve(store: Box<dyn Store>, args: ServeArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.grpc_listen).await?;
