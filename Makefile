@@ -26,7 +26,14 @@ $(ENVOY): envoy/ENVOY_VERSION
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed Envoy is not $(ENVOY_VERSION)"; exit 1; }
 	@touch $(ENVOY)
 
-test-tools: tools $(CLAUDE) ## also install the Claude Code CLI the end-to-end tests drive (tests/CLAUDE_CODE_VERSION)
+test-tools: tools $(CLAUDE) ## also install the Claude Code CLI the end-to-end tests drive (tests/CLAUDE_CODE_VERSION), the wasm test runner and PostgreSQL
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@v=$$(sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"$$/\1/p;q;}' Cargo.lock); \
+	test -n "$$v" || { echo "no wasm-bindgen in Cargo.lock"; exit 1; }; \
+	$(TOOLS)/wasm-bindgen/bin/wasm-bindgen-test-runner --version 2>/dev/null | grep -qx "wasm-bindgen-test-runner $$v" || \
+	  cargo install wasm-bindgen-cli --version "$$v" --locked --force --root $(TOOLS)/wasm-bindgen || { \
+	    echo "wasm-bindgen-cli's own lock file does not resolve here (a locked crate is missing): installing unlocked"; \
+	    cargo install wasm-bindgen-cli --version "$$v" --force --root $(TOOLS)/wasm-bindgen; }
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
 
 $(CLAUDE): tests/CLAUDE_CODE_VERSION
@@ -47,8 +54,15 @@ token: ## print a dev token: make token SUB=alice GROUPS=eng (last line: the JWT
 
 test: wasm test-tools ## run unit tests and the end-to-end tests against a real Envoy
 	cargo test --locked --workspace
+	$(MAKE) test-wasm
 
-bench: wasm ## run the benchmarks and print their figures
+.PHONY: test-wasm
+test-wasm: test-tools ## run scrim-core's masking tests compiled to wasm32-unknown-unknown, under Node
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(CURDIR)/$(TOOLS)/wasm-bindgen/bin/wasm-bindgen-test-runner \
+	  cargo test --locked -p scrim-core --target wasm32-unknown-unknown --test wasm
+
+bench: wasm ## run the benchmarks and print their figures (native masking, then through Envoy)
+	cargo bench --locked -p scrim-core --bench mask
 	cargo run --locked --release -p scrim-devstack --bin scrim-bench
 
 clean: ## remove build outputs and installed tools (keeps .scrim state)

@@ -1,9 +1,12 @@
-//! `make bench`: latency the filter adds, measured against a listener of the same Envoy
-//! without it. Prints figures; asserts nothing (targets are in README.md, "Benchmarks").
+//! `make bench`: latency the filter adds, and streamed-response masking throughput, each
+//! measured against a listener of the same Envoy without the filter. Prints figures; asserts
+//! nothing (targets are in README.md, "Benchmarks").
 
 use jsonwebtoken::Algorithm;
 use scrim_devstack::keys::SigningKey;
+use scrim_devstack::paths;
 use scrim_devstack::stack::{Stack, StackOptions, DEV_GROUP};
+use scrim_devstack::stand_in::ScriptedReply;
 use std::time::{Duration, Instant};
 
 const REQUESTS: usize = 2000;
@@ -98,6 +101,120 @@ async fn bench() -> Result<(), String> {
         let cold = measure(&client, &gateway, REQUESTS, |i| Some(tokens[i].clone())).await?;
         report(name, &cold, &base);
     }
+    stream_throughput(&stack, &gateway, &baseline_client, &baseline).await
+}
+
+/// Deterministic source-code text: this project's own Rust files, repeated to `len` bytes.
+fn code_corpus(len: usize) -> String {
+    let mut files = Vec::new();
+    for dir in ["filter/core/src", "filter/wasm/src", "recorder-service/src", "tests/src"] {
+        if let Ok(entries) = std::fs::read_dir(paths::workspace_root().join(dir)) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "rs") {
+                    files.push(e.path());
+                }
+            }
+        }
+    }
+    files.sort();
+    let mut text = String::new();
+    let all: String = files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect();
+    while text.len() < len && !all.is_empty() {
+        text.push_str(&all);
+    }
+    let mut cut = len.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text
+}
+
+/// An Anthropic stream carrying `text` in deltas of about `piece` bytes.
+fn sse_stream(text: &str, piece: usize) -> Vec<u8> {
+    let mut out = String::new();
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    out += &ev("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_bench", "type": "message", "role": "assistant", "model": "bench", "content": [], "usage": {"input_tokens": 1, "output_tokens": 1}}}));
+    out += &ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}));
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + piece).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        out += &ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": &text[start..end]}}));
+        start = end;
+    }
+    out += &ev("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0}));
+    out += &ev("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}));
+    out += &ev("message_stop", serde_json::json!({"type": "message_stop"}));
+    out.into_bytes()
+}
+
+async fn time_download(client: &reqwest::Client, url: &str) -> Result<(Duration, usize), String> {
+    let start = Instant::now();
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    Ok((start.elapsed(), bytes.len()))
+}
+
+/// Streams a multi-MB code-like response through the filter and through the baseline.
+async fn stream_throughput(
+    stack: &Stack,
+    gateway: &str,
+    baseline_client: &reqwest::Client,
+    baseline: &str,
+) -> Result<(), String> {
+    const TEXT_BYTES: usize = 2 * 1024 * 1024;
+    let text = code_corpus(TEXT_BYTES);
+    let stream = sse_stream(&text, 48);
+    stack.stand_in.set_scripted_reply(ScriptedReply {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        chunks: stream.chunks(16 * 1024).map(<[u8]>::to_vec).collect(),
+        pace: Duration::ZERO,
+    });
+    let token = stack.token();
+    let filtered = reqwest::Client::builder()
+        .default_headers({
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("authorization", format!("Bearer {token}").parse().map_err(|_| "bad token")?);
+            h
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut through = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..3 {
+        through.push(time_download(&filtered, gateway).await?);
+        base.push(time_download(baseline_client, baseline).await?);
+    }
+    let median = |mut v: Vec<(Duration, usize)>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (t, out_bytes) = median(through);
+    let (b, _) = median(base);
+    let mb = stream.len() as f64 / 1e6;
+    println!(
+        "streamed response: {:.1} MB of SSE ({:.1} MB of code text in 48-byte deltas, 16 KiB writes), median of 3",
+        mb,
+        text.len() as f64 / 1e6
+    );
+    println!("  {:<28} {:>8.1} MB/s  ({} ms)", "no filter (baseline)", mb / b.as_secs_f64(), b.as_millis());
+    println!(
+        "  {:<28} {:>8.1} MB/s  ({} ms; {} bytes out)",
+        "through the masking filter",
+        mb / t.as_secs_f64(),
+        t.as_millis(),
+        out_bytes
+    );
     Ok(())
 }
 
