@@ -10,11 +10,15 @@
 //! - [`dedup`]: content addressing that stores each repeated piece of a conversation once.
 //! - [`chain`]: the hash chain and the walk that finds altered, inserted or deleted records.
 //! - [`time`]: formatting epoch milliseconds for people.
+//! - [`api`]: the auditors' HTTP/JSON query API (OIDC tokens, scoped per caller, logged).
+//! - [`replay`]: a session rebuilt as the developer saw it, masked spans located.
 
+pub mod api;
 pub mod chain;
 pub mod dedup;
 pub mod envoy;
 pub mod ingest;
 pub mod record;
+pub mod replay;
 pub mod store;
 pub mod time;

@@ -1,4 +1,7 @@
-//! `scrim-recorder`: the recorder's command line (serve, sessions, verify, export, purge).
+//! `scrim-recorder`: the recorder's command line (serve, sessions, replay, usage, verify,
+//! export, purge).
+
+mod audit_cli;
 
 use clap::{Args, Parser, Subcommand};
 use scrim_recorder::ingest::{self, Ingest, IngestConfig};
@@ -29,6 +32,16 @@ Examples:
 
   # Drop request and response content older than 90 days (metadata and hashes stay)
   scrim-recorder --db audit.db purge --older-than 90
+
+  # Also answer auditors over HTTP (tokens checked as the gateway does; group `auditors` sees all)
+  scrim-recorder --db audit.db serve --http-listen 127.0.0.1:9902 \
+      --auth-config recorder-auth.json --auditor-group auditors
+
+  # A session as the developer saw it, masked secrets highlighted
+  scrim-recorder --db audit.db replay 3f2c9a4e-session-id
+
+  # Requests, tokens, masked secrets and refusals per user in March 2025
+  scrim-recorder --db audit.db usage --from 2025-03-01 --to 2025-04-01
 
   # Several recorders sharing one PostgreSQL database
   scrim-recorder --db postgres://scrim@db.internal/audit serve --grpc-listen 0.0.0.0:9901";
@@ -69,6 +82,30 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A session as the developer saw it: their messages and the replies in order, with
+    /// timestamps; masked secrets highlighted.
+    Replay {
+        session: String,
+        #[arg(long)]
+        json: bool,
+        /// Highlight masked spans with reverse video (else they are wrapped in »«).
+        #[arg(long, value_enum, default_value = "auto")]
+        color: audit_cli::Color,
+    },
+    /// Requests, tokens (input, output, cache), masked secrets and refusals per user.
+    Usage {
+        /// Start of the period: epoch ms, `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (exclusive), same forms.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this subject.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove request and response content of exchanges older than DAYS. Identity, decision,
     /// counts, usage, timings and hashes stay, so `verify` still passes.
     Purge {
@@ -89,6 +126,16 @@ struct ServeArgs {
     /// Largest audit record accepted; larger ones are counted and dropped.
     #[arg(long, default_value_t = IngestConfig::default().max_record_bytes)]
     max_record_bytes: usize,
+    /// Also serve the auditors' HTTP/JSON query API on this address (needs --auth-config).
+    #[arg(long, requires = "auth_config")]
+    http_listen: Option<String>,
+    /// The query API's token check, in the gateway filter's configuration format (issuers
+    /// with inline `jwks` or an http `jwks_uri`; `allowed_groups` may query at all).
+    #[arg(long)]
+    auth_config: Option<PathBuf>,
+    /// Members of this group see every user's sessions; others only their own.
+    #[arg(long, default_value = "auditors")]
+    auditor_group: String,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +169,10 @@ enum CliError {
     Server(#[from] tonic::transport::Error),
     #[error("session {0} not found")]
     NoSuchSession(String),
+    #[error("--auth-config {path}: {message}")]
+    AuthConfig { path: String, message: String },
+    #[error("{flag} {value}: not epoch ms, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")]
+    BadTime { flag: &'static str, value: String },
 }
 
 fn main() -> ExitCode {
@@ -143,7 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Serve(args) => {
             drop(out);
-            serve(store, args)?;
+            serve(store, args, cli.db)?;
         }
         Command::Sessions(SessionsCommand::List { user, limit, json }) => {
             let sessions = store.sessions(&SessionQuery {
@@ -190,7 +241,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
         }
         Command::Verify { json } => {
-            let report = store.verify()?;
+            let records = store.usage()?.records;
+            let report = audit_cli::with_elapsed("verify", records, || store.verify())?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
                 writeln!(out)?;
@@ -217,6 +269,25 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Replay {
+            session,
+            json,
+            color,
+        } => audit_cli::replay(&*store, &session, json, color, &mut out)?,
+        Command::Usage {
+            from,
+            to,
+            user,
+            json,
+        } => {
+            let args = audit_cli::UsageArgs {
+                from,
+                to,
+                user,
+                json,
+            };
+            audit_cli::usage(&*store, args, &mut out)?
+        }
         Command::Purge { older_than, json } => {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -242,13 +313,16 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 None => Box::new(std::io::BufWriter::new(out)),
             };
             let mut io_error = None;
+            let mut progress = audit_cli::Progress::new("export", store.usage()?.records);
             store.for_each(&mut |ex| {
+                progress.tick();
                 let line = serde_json::to_string(&ex).expect("exchange serialises");
                 if let Err(e) = writeln!(sink, "{line}") {
                     io_error.get_or_insert(e);
                 }
                 Ok(())
             })?;
+            progress.finish();
             if let Some(e) = io_error {
                 return Err(e.into());
             }
@@ -258,7 +332,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(store: Box<dyn Store>, args: ServeArgs) -> Result<(), CliError> {
+fn serve(store: Box<dyn Store>, args: ServeArgs, db: String) -> Result<(), CliError> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.grpc_listen).await?;
@@ -274,10 +348,19 @@ fn serve(store: Box<dyn Store>, args: ServeArgs) -> Result<(), CliError> {
             "listening for Envoy access logs on {}",
             listener.local_addr()?
         );
+        let api = match (&args.http_listen, &args.auth_config) {
+            (Some(listen), Some(auth)) => Some(
+                audit_cli::ApiServer::start(listen, auth, args.auditor_group.clone(), db).await?,
+            ),
+            _ => None,
+        };
         let shutdown = async {
             tokio::signal::ctrl_c().await.ok();
         };
         ingest::serve(listener, ingest, shutdown).await?;
+        if let Some(api) = api {
+            api.stop().await?;
+        }
         log::info!("stopped; {:?}", stats.snapshot());
         Ok(())
     })

@@ -1,5 +1,6 @@
 //! The storage contract: append batches atomically to the hash chain, list and show sessions,
-//! export, verify, purge old payload. [`sqlite::SqliteStore`] (one file, one recorder) and
+//! export, verify, purge old payload, answer auditor queries (filtered sessions, one exchange,
+//! usage per user) and keep the query log. [`sqlite::SqliteStore`] (one file, one recorder) and
 //! [`postgres::PostgresStore`] (several recorders on one database) implement it; [`open`]
 //! picks one from the `--db` argument. Both store the same rows ([`rows`]).
 
@@ -28,6 +29,9 @@ pub enum StoreError {
     },
     #[error("database schema version {found} is not {expected}")]
     SchemaVersion { found: String, expected: String },
+    /// The backend does not implement this operation yet.
+    #[error("this store does not support {0} yet")]
+    Unsupported(&'static str),
 }
 
 /// One stored exchange with its place in the chain.
@@ -64,6 +68,83 @@ pub struct SessionSummary {
 pub struct SessionQuery {
     pub subject: Option<String>,
     pub limit: Option<u64>,
+}
+
+/// Which exchanges an auditor query covers: an exchange matches when it passes every filter
+/// that is set; unset filters pass everything. Used by [`Store::find_sessions`] and
+/// [`Store::usage_by_user`]; [`ExchangeFilter::matches`] is the reference semantics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeFilter {
+    /// The token's `sub` of the caller.
+    pub subject: Option<String>,
+    /// One of the caller's groups.
+    pub group: Option<String>,
+    /// Started at or after (epoch ms); exchanges without a start time never match a bound.
+    pub from_ms: Option<i64>,
+    /// Started before (epoch ms).
+    pub to_ms: Option<i64>,
+    pub model: Option<String>,
+    /// Snake-case decision name (`allowed`, `denied`, ...).
+    pub decision: Option<String>,
+    /// A masking rule id that replaced something (either direction).
+    pub rule: Option<String>,
+}
+
+impl ExchangeFilter {
+    /// Whether `ex` passes every filter that is set.
+    pub fn matches(&self, ex: &Exchange) -> bool {
+        let r = &ex.stored.record;
+        let user = r.user.as_ref();
+        let start = ex.stored.envoy.start_time_ms;
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        eq(&self.subject, user.map(|u| u.subject.as_str()))
+            && self
+                .group
+                .as_deref()
+                .is_none_or(|g| user.is_some_and(|u| u.groups.iter().any(|x| x == g)))
+            && self.from_ms.is_none_or(|f| start.is_some_and(|t| t >= f))
+            && self.to_ms.is_none_or(|to| start.is_some_and(|t| t < to))
+            && eq(&self.model, r.model.as_deref())
+            && eq(&self.decision, Some(r.decision.as_str()))
+            && self
+                .rule
+                .as_deref()
+                .is_none_or(|rule| r.masked.iter().any(|m| m.rule == rule && m.count > 0))
+    }
+}
+
+/// One caller's activity over a period ([`Store::usage_by_user`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UserUsage {
+    /// The token's `sub`; `None` for exchanges refused before identity was known.
+    pub subject: Option<String>,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    /// Secrets replaced, both directions.
+    pub masked: u64,
+    /// Exchanges whose decision was not `allowed`.
+    pub refused: u64,
+}
+
+/// One auditor query, for the query log ([`Store::log_query`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueryLogEntry {
+    pub at_ms: i64,
+    /// The caller's `sub`; `None` when the token was missing or invalid.
+    pub subject: Option<String>,
+    /// The caller saw everything (member of the auditor group).
+    pub auditor: bool,
+    pub method: String,
+    pub path: String,
+    /// The raw query string (filters as sent).
+    pub query: String,
+    /// HTTP status answered.
+    pub status: u16,
 }
 
 /// Outcome of [`Store::verify`].
@@ -118,6 +199,41 @@ pub trait Store: Send {
     /// `before_ms`, except pieces a newer record shares; metadata and hashes stay, so
     /// `verify` still passes. Records without a start time are kept whole.
     fn purge(&mut self, before_ms: i64) -> Result<PurgeReport, StoreError>;
+
+    // Auditor queries (the HTTP API). The defaults refuse so a backend compiles before it
+    // implements them; PostgreSQL: implement all four, with the semantics documented here.
+
+    /// Sessions with at least one exchange matching `filter`, newest (highest `seq`) first, at
+    /// most `limit`. A summary counts only the matching exchanges, so a caller restricted to
+    /// their own `subject` never learns about others' exchanges in a shared session id.
+    /// Should use an index for `subject` (the common query).
+    fn find_sessions(
+        &self,
+        filter: &ExchangeFilter,
+        limit: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let _ = (filter, limit);
+        Err(StoreError::Unsupported("find_sessions"))
+    }
+    /// Every record with this exchange id (normally one), in chain order. Needs an index on
+    /// `exchange_id`.
+    fn exchange(&self, exchange_id: &str) -> Result<Vec<Exchange>, StoreError> {
+        let _ = exchange_id;
+        Err(StoreError::Unsupported("exchange"))
+    }
+    /// Per-subject totals of the exchanges matching `filter`, ordered by subject (`None`
+    /// first). Cache tokens and masked counts come from the record body
+    /// (`record.usage.cache_*`, the sum of `record.masked[].count`).
+    fn usage_by_user(&self, filter: &ExchangeFilter) -> Result<Vec<UserUsage>, StoreError> {
+        let _ = filter;
+        Err(StoreError::Unsupported("usage_by_user"))
+    }
+    /// Appends one row to the query log (a plain table `query_log` beside the records, not
+    /// part of the chain); durable when it returns.
+    fn log_query(&mut self, entry: &QueryLogEntry) -> Result<(), StoreError> {
+        let _ = entry;
+        Err(StoreError::Unsupported("log_query"))
+    }
 }
 
 /// Opens the store `db` names: a `postgres://` (or `postgresql://`) URL selects PostgreSQL,
@@ -126,7 +242,9 @@ pub fn open(db: &str) -> Result<Box<dyn Store>, StoreError> {
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
         Ok(Box::new(postgres::PostgresStore::connect(db)?))
     } else {
-        Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(db))?))
+        Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
+            db,
+        ))?))
     }
 }
 
@@ -159,5 +277,21 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn purge(&mut self, before_ms: i64) -> Result<PurgeReport, StoreError> {
         (**self).purge(before_ms)
+    }
+    fn find_sessions(
+        &self,
+        filter: &ExchangeFilter,
+        limit: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        (**self).find_sessions(filter, limit)
+    }
+    fn exchange(&self, exchange_id: &str) -> Result<Vec<Exchange>, StoreError> {
+        (**self).exchange(exchange_id)
+    }
+    fn usage_by_user(&self, filter: &ExchangeFilter) -> Result<Vec<UserUsage>, StoreError> {
+        (**self).usage_by_user(filter)
+    }
+    fn log_query(&mut self, entry: &QueryLogEntry) -> Result<(), StoreError> {
+        (**self).log_query(entry)
     }
 }

@@ -9,13 +9,14 @@
 
 use super::rows::{self, Columns, Verifier};
 use super::{
-    Exchange, PurgeReport, SessionQuery, SessionSummary, StorageUsage, Store, StoreError,
-    VerifyReport,
+    Exchange, ExchangeFilter, PurgeReport, QueryLogEntry, SessionQuery, SessionSummary,
+    StorageUsage, Store, StoreError, UserUsage, VerifyReport,
 };
 use crate::chain;
 use crate::dedup;
 use crate::record::StoredRecord;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 const SCHEMA_VERSION: &str = "1";
@@ -38,6 +39,18 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_by_session ON records (session_id, seq);
 CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, start_ms);
+CREATE INDEX IF NOT EXISTS records_by_exchange ON records (exchange_id);
+CREATE INDEX IF NOT EXISTS records_by_start ON records (start_ms);
+CREATE TABLE IF NOT EXISTS query_log (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    subject TEXT,
+    auditor INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS contents (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL) WITHOUT ROWID;
 ";
 
@@ -119,6 +132,64 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// The `WHERE` clause and its arguments for `filter`. Only set filters become conditions:
+/// `(?1 IS NULL OR subject = ?1)` would keep SQLite from using the subject index. Group and
+/// rule live only in the body (the chain covers it), so they are read with JSON functions
+/// after the indexed conditions have narrowed the rows.
+fn filter_sql(filter: &ExchangeFilter) -> (String, Vec<SqlValue>) {
+    let mut conditions = Vec::new();
+    let mut args = Vec::new();
+    let mut add = |condition: &str, value: SqlValue| {
+        args.push(value);
+        conditions.push(condition.replace('?', &format!("?{}", args.len())));
+    };
+    let text = |s: &String| SqlValue::Text(s.clone());
+    if let Some(v) = &filter.subject {
+        add("subject = ?", text(v));
+    }
+    if let Some(v) = filter.from_ms {
+        add("start_ms >= ?", SqlValue::Integer(v));
+    }
+    if let Some(v) = filter.to_ms {
+        add("start_ms < ?", SqlValue::Integer(v));
+    }
+    if let Some(v) = &filter.model {
+        add("model = ?", text(v));
+    }
+    if let Some(v) = &filter.decision {
+        add("decision = ?", text(v));
+    }
+    if let Some(v) = &filter.group {
+        add(
+            "EXISTS (SELECT 1 FROM json_each(body, '$.record.user.groups') WHERE value = ?)",
+            text(v),
+        );
+    }
+    if let Some(v) = &filter.rule {
+        add(
+            "EXISTS (SELECT 1 FROM json_each(body, '$.record.masked')
+                     WHERE json_extract(value, '$.rule') = ? AND json_extract(value, '$.count') > 0)",
+            text(v),
+        );
+    }
+    if conditions.is_empty() {
+        (String::new(), args)
+    } else {
+        (format!("WHERE {}", conditions.join(" AND ")), args)
+    }
+}
+
+/// Distinct names from `json_group_array(DISTINCT x)`, sorted, without nulls.
+fn json_strings(json: String) -> Vec<String> {
+    let mut v: Vec<String> = serde_json::from_str::<Vec<Option<String>>>(&json)
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect();
+    v.sort();
+    v
 }
 
 impl Store for SqliteStore {
@@ -293,9 +364,8 @@ impl Store for SqliteStore {
         let horizon = Self::purged_before_ms(&tx)?.map_or(before_ms, |h| h.max(before_ms));
         let mut roots = Vec::new();
         {
-            let mut stmt = tx.prepare(
-                "SELECT body FROM records WHERE start_ms IS NULL OR start_ms >= ?1",
-            )?;
+            let mut stmt =
+                tx.prepare("SELECT body FROM records WHERE start_ms IS NULL OR start_ms >= ?1")?;
             let mut q = stmt.query([horizon])?;
             while let Some(r) = q.next()? {
                 let body: String = r.get(0)?;
@@ -348,5 +418,99 @@ impl Store for SqliteStore {
             pieces_removed: removed.len() as u64,
             bytes_removed: removed.iter().map(|(_, n)| *n as u64).sum(),
         })
+    }
+    fn find_sessions(
+        &self,
+        filter: &ExchangeFilter,
+        limit: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let (where_sql, mut args) = filter_sql(filter);
+        args.push(SqlValue::Integer(limit.min(i64::MAX as u64) as i64));
+        let sql = format!(
+            "SELECT session_id, json_group_array(DISTINCT subject), count(*),
+                    sum(decision != 'allowed'), min(start_ms), max(start_ms),
+                    sum(input_tokens), sum(output_tokens), json_group_array(DISTINCT model)
+             FROM records {where_sql}
+             GROUP BY session_id
+             ORDER BY max(seq) DESC
+             LIMIT ?{}",
+            args.len()
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args), |r| {
+            Ok(SessionSummary {
+                session_id: r.get(0)?,
+                subjects: json_strings(r.get(1)?),
+                exchanges: r.get::<_, i64>(2)? as u64,
+                refused: r.get::<_, i64>(3)? as u64,
+                first_ms: r.get(4)?,
+                last_ms: r.get(5)?,
+                input_tokens: r.get::<_, i64>(6)? as u64,
+                output_tokens: r.get::<_, i64>(7)? as u64,
+                models: json_strings(r.get(8)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn exchange(&self, exchange_id: &str) -> Result<Vec<Exchange>, StoreError> {
+        let mut out = Vec::new();
+        self.exchanges(
+            "SELECT seq, hash, body FROM records WHERE exchange_id = ?1 ORDER BY seq",
+            &[&exchange_id],
+            &mut |ex| {
+                out.push(ex);
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    fn usage_by_user(&self, filter: &ExchangeFilter) -> Result<Vec<UserUsage>, StoreError> {
+        let (where_sql, args) = filter_sql(filter);
+        let sql = format!(
+            "SELECT subject, count(*), sum(input_tokens), sum(output_tokens),
+                    sum(coalesce(json_extract(body, '$.record.usage.cache_read_input_tokens'), 0)),
+                    sum(coalesce(json_extract(body, '$.record.usage.cache_creation_input_tokens'), 0)),
+                    sum(coalesce((SELECT sum(json_extract(value, '$.count'))
+                                  FROM json_each(body, '$.record.masked')), 0)),
+                    sum(decision != 'allowed')
+             FROM records {where_sql}
+             GROUP BY subject
+             ORDER BY subject"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        let rows = stmt.query_map(params_from_iter(args), |r| {
+            Ok(UserUsage {
+                subject: r.get(0)?,
+                requests: n(r, 1)?,
+                input_tokens: n(r, 2)?,
+                output_tokens: n(r, 3)?,
+                cache_read_input_tokens: n(r, 4)?,
+                cache_creation_input_tokens: n(r, 5)?,
+                masked: n(r, 6)?,
+                refused: n(r, 7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn log_query(&mut self, entry: &QueryLogEntry) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO query_log (at_ms, subject, auditor, method, path, query, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                entry.at_ms,
+                entry.subject,
+                entry.auditor,
+                entry.method,
+                entry.path,
+                entry.query,
+                entry.status
+            ])?;
+        Ok(())
     }
 }
