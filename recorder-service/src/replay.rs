@@ -3,7 +3,9 @@
 //! formats nothing and reads no store.
 //!
 //! Agent clients resend the whole conversation every turn, so each exchange contributes only
-//! the user messages added since the previous request, then its response blocks. Masked spans
+//! the user messages after the last assistant message of its request (what was typed or
+//! returned by tools since the previous reply), then its response blocks. A retried request
+//! therefore shows its user turn twice: it was sent twice. Masked spans
 //! are found by the default placeholder (`[REDACTED:<rule>]`); a deployment with a custom
 //! placeholder gets its text unmarked.
 
@@ -51,7 +53,6 @@ pub struct Turn {
 /// The session's turns in order.
 pub fn turns(exchanges: &[Exchange]) -> Vec<Turn> {
     let mut out = Vec::new();
-    let mut previous_len = 0;
     for ex in exchanges {
         let r = &ex.stored.record;
         let turn = |speaker, kind: &str, name: Option<String>, text: String| Turn {
@@ -70,16 +71,10 @@ pub fn turns(exchanges: &[Exchange]) -> Vec<Turn> {
             .and_then(|q| q.get("messages"))
             .and_then(Value::as_array);
         if let Some(messages) = messages {
-            // A shorter history than last time was compacted: fall back to the messages
-            // after the last assistant reply.
-            let start = if messages.len() >= previous_len {
-                previous_len
-            } else {
-                messages
-                    .iter()
-                    .rposition(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
-                    .map_or(0, |i| i + 1)
-            };
+            let start = messages
+                .iter()
+                .rposition(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+                .map_or(0, |i| i + 1);
             for m in &messages[start..] {
                 if m.get("role").and_then(Value::as_str) != Some("user") {
                     continue;
@@ -88,7 +83,6 @@ pub fn turns(exchanges: &[Exchange]) -> Vec<Turn> {
                     out.push(turn(Speaker::User, &kind, None, text));
                 }
             }
-            previous_len = messages.len();
         }
         if r.decision != Decision::Allowed {
             let reason = r

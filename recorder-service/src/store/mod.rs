@@ -203,9 +203,10 @@ pub trait Store: Send {
     // Auditor queries (the HTTP API). The defaults refuse so a backend compiles before it
     // implements them; PostgreSQL: implement all four, with the semantics documented here.
 
-    /// Sessions with at least one exchange matching `filter`, newest (highest `seq`) first, at
-    /// most `limit`. A summary counts only the matching exchanges, so a caller restricted to
-    /// their own `subject` never learns about others' exchanges in a shared session id.
+    /// Sessions with at least one exchange matching `filter`, at most `limit`, ordered by their
+    /// newest *matching* exchange (highest `seq`) first. A summary counts only the matching
+    /// exchanges, and the order ignores the others, so a caller restricted to their own
+    /// `subject` learns nothing about others' exchanges in a shared session id.
     /// Should use an index for `subject` (the common query).
     fn find_sessions(
         &self,
