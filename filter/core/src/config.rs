@@ -8,6 +8,7 @@
 use crate::anthropic_stream::ThinkingMode;
 use crate::audit::ContentMode;
 use crate::jwks::KeySet;
+use crate::policy::{Policy, RawPolicy};
 use crate::rules::{builtin_raw_rules, compile_rules, RawRule, RuleError, RuleSet, DEFAULT_PLACEHOLDER};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -51,6 +52,9 @@ pub struct RawConfig {
     /// The audit record handed to Envoy's access log for every exchange.
     #[serde(default)]
     pub audit: RawAudit,
+    /// Per-group limits and deny rules (see `policy.rs`). Default: no limits.
+    #[serde(default)]
+    pub policy: RawPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -355,6 +359,7 @@ pub struct Config {
     pub jwks: JwksTiming,
     pub masking: Masking,
     pub audit: RawAudit,
+    pub policy: Policy,
 }
 
 /// Compiled masking settings.
@@ -539,7 +544,9 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.audit.recorder_cluster.is_empty() {
         return Err(err("audit.recorder_cluster", "must not be empty"));
     }
+    let policy = Policy::compile(raw.policy).map_err(|e| err(format!("policy.{}", e.field), e.message))?;
     Ok(Config {
+        policy,
         audit: raw.audit,
         masking,
         issuers,

@@ -10,6 +10,7 @@
 //! - [`keystore`]: per-VM key sets and when to fetch them again.
 //! - [`credential`]: which headers to drop and which to set towards the upstream.
 //! - [`exchange`]: one exchange gathered along the callbacks, turned into its audit record.
+//! - [`policy`]: per-group limits (models, `max_tokens`, endpoints) and deny rules.
 //! - [`transcript`]: what the client saw, rebuilt from the bytes sent, for the audit record.
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
@@ -36,3 +37,4 @@ pub mod transcript;
 pub mod exchange;
 pub mod anthropic;
 pub mod anthropic_stream;
+pub mod policy;

@@ -135,7 +135,6 @@ impl ScrimHttp {
         for (name, value) in &plan.set {
             self.set_http_request_header(name, Some(value));
         }
-        s.metrics.decision(Decision::Allowed);
         drop(s);
         self.admitted = true;
         if let Some(x) = self.exchange.as_mut() {
@@ -186,7 +185,7 @@ impl ScrimHttp {
         }
         self.admit(identity);
         if !self.has_body {
-            return Action::Continue;
+            return self.forward_if_allowed(None);
         }
         // Never pause for a body that already arrived: no body callback would come again.
         match self.body_complete {
@@ -222,9 +221,41 @@ impl ScrimHttp {
         }
     }
 
+    /// The last step before a request without a body leaves: policy, then count it.
+    fn forward_if_allowed(&mut self, body: Option<&serde_json::Value>) -> Action {
+        if !self.allowed_by_policy(body) {
+            return Action::Pause;
+        }
+        self.shared.borrow().metrics.decision(Decision::Allowed);
+        Action::Continue
+    }
+
+    /// Applies the caller's policy; on a violation answers 403 and returns false.
+    fn allowed_by_policy(&mut self, body: Option<&serde_json::Value>) -> bool {
+        let Some(x) = self.exchange.as_ref() else { return true };
+        let groups = x.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
+        let verdict = self.shared.borrow().config.policy.check(&groups, &x.endpoint, body);
+        let Err(v) = verdict else { return true };
+        self.shared.borrow().metrics.decision(Decision::Denied);
+        self.note(AuditDecision::Denied, Some(v.rule.clone()));
+        self.reply(&anthropic_error(
+            403,
+            "permission_error",
+            &format!("blocked by the gateway's policy rule `{}`: {}", v.rule, v.message),
+            false,
+        ));
+        false
+    }
+
     /// Masks the complete request body in place. `Continue` when it may be forwarded.
     fn finish_request_body(&mut self, size: usize) -> Action {
         let body = self.get_http_request_body(0, size).unwrap_or_default();
+        // Unparseable bodies are refused by the masking step below with a 400.
+        if let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(&body) {
+            if !self.allowed_by_policy(Some(&parsed)) {
+                return Action::Pause;
+            }
+        }
         let rules = self.shared.borrow().config.masking.rules.clone();
         match anthropic::mask_request(&rules, &body) {
             Ok(MaskedBody { bytes, hits }) => {
@@ -236,6 +267,7 @@ impl ScrimHttp {
                 if let Some(x) = self.exchange.as_mut() {
                     x.request_body = Some(bytes.unwrap_or(body));
                 }
+                self.shared.borrow().metrics.decision(Decision::Allowed);
                 Action::Continue
             }
             Err(e) => {

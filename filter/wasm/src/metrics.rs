@@ -15,6 +15,7 @@ pub enum Decision {
     Unauthenticated,
     Forbidden,
     Unavailable,
+    Denied,
 }
 
 impl Decision {
@@ -24,6 +25,7 @@ impl Decision {
             Decision::Unauthenticated => "unauthenticated",
             Decision::Forbidden => "forbidden",
             Decision::Unavailable => "unavailable",
+            Decision::Denied => "denied",
         }
     }
 }
@@ -41,6 +43,7 @@ impl Metrics {
             Decision::Unauthenticated,
             Decision::Forbidden,
             Decision::Unavailable,
+            Decision::Denied,
         ]
         .iter()
         .map(|d| format!("scrim.requests.{}", d.name()))
