@@ -291,3 +291,26 @@ async fn plain_text_error_body_is_masked_as_text_and_keeps_its_status() {
     assert_eq!(resp.status(), 500);
     assert_eq!(resp.text().await.unwrap(), "internal error near AWS_ACCESS_KEY_ID=[REDACTED:aws-access-key-id]\n");
 }
+
+/// A stream that stops making sense midway cannot be inspected any further: the client gets
+/// an SSE `error` event (Claude Code then retries without streaming) and nothing after it.
+#[tokio::test]
+async fn unreadable_stream_ends_with_an_error_event_and_nothing_after_it() {
+    let stack = start("mask-bad-stream").await;
+    let key = fake_aws_key_id();
+    let mut stream = sse("message_start", json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "usage": {"input_tokens": 1, "output_tokens": 1}}}));
+    stream += &sse("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}));
+    stream += "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"trunc\n\n";
+    stream += &sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("key {key}")}}));
+    stack.stand_in.set_scripted_reply(ScriptedReply {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        chunks: vec![stream.into_bytes()],
+        pace: Duration::ZERO,
+    });
+    let body = request(&stack, hello(true)).send().await.unwrap().text().await.unwrap();
+    assert!(!body.contains(&key));
+    let last = events(&body).pop().unwrap();
+    assert_eq!(last.0, "error", "{body}");
+    assert_eq!(last.1["error"]["type"], "api_error");
+}
