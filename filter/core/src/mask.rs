@@ -19,6 +19,7 @@
 //! `max_len` is masked only as far as the rule's regex reaches inside the window.
 
 use crate::rules::RuleSet;
+use crate::stream_mask::may_start;
 use aho_corasick::Input;
 use std::borrow::Cow;
 
@@ -173,7 +174,14 @@ impl RuleSet {
                 None if cap <= len => cap,
                 None if finished => len,
                 None => {
-                    // The window is still growing: nothing from its start on is final.
+                    // The window is still growing. If its rule can no longer match at any
+                    // start a candidate could have (`win_start..=s`, see `candidate`), the
+                    // occurrence has no candidate whatever follows: decided now, as the
+                    // whole window will show.
+                    if !may_start(rule, bytes, win_start, s) {
+                        continue;
+                    }
+                    // Otherwise nothing from the window's start on is final yet.
                     limit = limit.min(win_start);
                     rescan_from = rescan_from.min(s);
                     continue;

@@ -15,8 +15,12 @@
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
+use regex_automata::hybrid::dfa::{Cache, DFA as LazyDfa};
+use regex_automata::nfa::thompson::{self, WhichCaptures};
+use regex_automata::util::syntax;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 /// The built-in rules, embedded so the filter has them without any file access.
 pub const BUILTIN_TOML: &str = include_str!("../../rules/builtin.toml");
@@ -34,6 +38,11 @@ pub const MAX_WINDOW: usize = 32 * 1024;
 /// Lazy-DFA cache per regex: the default 2 MiB thrashes on secret rules and makes them many
 /// times slower (measured, ARCHITECTURE.md); the cache grows only as far as a rule needs.
 const DFA_SIZE_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Cache limit of a rule's open-window DFA ([`Rule::open_window_dfa`]; raised to the NFA's
+/// minimum where that is larger): it walks only open windows, a few hundred bytes each, so
+/// it needs few states; past the limit the cache is cleared, not grown.
+const OPEN_WINDOW_DFA_CACHE: usize = 64 * 1024;
 
 /// A rules file: `[[rule]]` tables.
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +164,49 @@ pub(crate) struct Rule {
     pub(crate) max_len: usize,
     pub(crate) multiline: bool,
     pub(crate) end_marker: Option<Vec<u8>>,
+    /// Built on first use by [`Rule::open_window_dfa`].
+    open_window_dfa: OnceLock<Option<OpenWindowDfa>>,
+}
+
+/// A rule's regex as an anchored lazy DFA, with its cache. The cache keeps nothing between
+/// walks that a walk depends on, so every stream of the VM shares it (one cache per rule and
+/// VM, not per stream); the lock is never contended inside a wasm VM.
+#[derive(Debug)]
+pub(crate) struct OpenWindowDfa {
+    pub(crate) dfa: LazyDfa,
+    pub(crate) cache: Mutex<Cache>,
+}
+
+impl Rule {
+    /// The DFA a streaming masker walks over an open window to learn that no match can start
+    /// at a position any more, whatever follows ([`crate::stream_mask::may_start`]). Built on
+    /// first use, not in [`compile_rules`]: few rules ever have an open window in a stream,
+    /// and building all of them would add about a third to the rule set's compile time.
+    /// `None` if it cannot be built: the window is then held until it closes.
+    pub(crate) fn open_window_dfa(&self) -> Option<&OpenWindowDfa> {
+        self.open_window_dfa
+            .get_or_init(|| {
+                let dfa = LazyDfa::builder()
+                    .configure(
+                        LazyDfa::config()
+                            .cache_capacity(OPEN_WINDOW_DFA_CACHE)
+                            .skip_cache_capacity_check(true),
+                    )
+                    // The same syntax as `build_regex`, so the DFA has the regex's language.
+                    .syntax(syntax::Config::new().unicode(false).utf8(false))
+                    .thompson(
+                        thompson::Config::new()
+                            .utf8(false)
+                            .which_captures(WhichCaptures::None)
+                            .nfa_size_limit(Some(16 * 1024 * 1024)),
+                    )
+                    .build(self.regex.as_str())
+                    .ok()?;
+                let cache = Mutex::new(dfa.create_cache());
+                Some(OpenWindowDfa { dfa, cache })
+            })
+            .as_ref()
+    }
 }
 
 /// The compiled rules plus the keyword automaton; immutable and shared by every masker.
@@ -386,6 +438,7 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
         max_len,
         multiline: raw.multiline,
         end_marker: raw.end_marker.as_ref().map(|m| m.as_bytes().to_vec()),
+        open_window_dfa: OnceLock::new(),
     })
 }
 

@@ -4,10 +4,21 @@
 //!
 //! How: each push re-plans the held text with the same planning step as the one-shot masker
 //! ([`crate::mask`]); what the plan calls final is emitted, the rest is held. Text is held
-//! only while it could still belong to a secret: after a keyword whose rule window is still
-//! open (a single-line rule's window closes at the line end or `max_len` bytes after the
-//! keyword; prose without keywords passes through with at most a partial keyword held), or a
-//! partial keyword at the end.
+//! only while it could still belong to a secret: a partial keyword at the end (and, for rules
+//! whose secret comes before their keyword, the run of bytes that could be that secret: in
+//! prose, the current word), or a keyword whose rule window is still open (a single-line
+//! rule's window closes at the line end or `max_len` bytes after the keyword) *and* whose
+//! rule could still match there.
+//!
+//! That last condition is what keeps prose flowing: generic keywords (`secret`, `token`,
+//! `password`) are common words, and holding their window to the line end stalled a stream
+//! for hundreds of bytes. Instead the rule's regex runs as a lazy DFA, anchored at each
+//! position where the occurrence's candidate could start, over the text so far
+//! ([`may_start`]); once every such run is dead, no text still to come can give the
+//! occurrence a candidate, so the one-shot masker over the whole text finds none either, and
+//! the window is released. In prose that happens within a word or two ("secrets here": at the
+//! `h`). A window that saw a match or is still alive is held as before, so the equality with
+//! one-shot masking does not depend on the DFA beyond "dead means dead".
 //!
 //! Limit and choice for private-key blocks: a multi-line rule's window stays open until its
 //! `end_marker` (`-----END`) or its `max_len` (16 KiB for PEM/OpenSSH, 32000 bytes for PGP),
@@ -20,7 +31,50 @@
 
 use crate::mask::floor_char;
 use crate::rules::RuleSet;
+use crate::rules::{OpenWindowDfa, Rule};
+use regex_automata::{Anchored, Input};
 use std::sync::Arc;
+
+/// False only if no match of `rule` can start at any position in `from..=to` of `hay` followed
+/// by any bytes at all: `hay` is the text so far and the rule's window has not ended inside
+/// it. Then a keyword occurrence whose candidate would have to start there has no candidate
+/// in the whole window either, and its window need not be held.
+///
+/// Why that is exact: a match starting at `p` is a run of the rule's regex anchored at `p`
+/// (with `hay[p - 1]` as look-behind, as the regex sees it). Its DFA walks `hay[p..]`; a dead
+/// state means no continuation, end of text included, completes a match, and having seen no
+/// match state before it means none ended inside `hay`. Anything else (a match seen, still
+/// alive, a DFA that cannot be built) answers true, which only keeps holding the window.
+pub(crate) fn may_start(rule: &Rule, hay: &[u8], from: usize, to: usize) -> bool {
+    let Some(OpenWindowDfa { dfa, cache: shared }) = rule.open_window_dfa() else { return true };
+    let mut cache = match shared.lock() {
+        Ok(cache) => cache,
+        Err(poisoned) => {
+            // A walk panicked halfway (natively; wasm aborts): go on with a clean cache.
+            let mut cache = poisoned.into_inner();
+            cache.reset(dfa);
+            shared.clear_poison();
+            cache
+        }
+    };
+    (from..=to.min(hay.len())).any(|p| {
+        let input = Input::new(hay).span(p..hay.len()).anchored(Anchored::Yes);
+        let Ok(mut sid) = dfa.start_state_forward(&mut cache, &input) else { return true };
+        for &b in &hay[p..] {
+            let Ok(next) = dfa.next_state(&mut cache, sid, b) else { return true };
+            sid = next;
+            if sid.is_tagged() {
+                if sid.is_dead() {
+                    return false;
+                }
+                if sid.is_match() || sid.is_quit() {
+                    return true;
+                }
+            }
+        }
+        true
+    })
+}
 
 /// Masks one stream of text pushed in pieces.
 #[derive(Debug)]
@@ -124,8 +178,17 @@ mod tests {
             c("crlf_lines", "password = {{fake:alnum:14}}\r\nnext line\r\n"),
             c("adjacent_keywords", "tokentokentoken secret= password=: sk-ant-"),
             c("placeholders_are_stable", "token = [REDACTED:generic-token]\n"),
+            c("prose_about_secrets", PROSE_ABOUT_SECRETS),
         ]
     }
+
+    /// Claude-style prose, one long line, full of the keywords of the generic rules and none
+    /// of their values: what must stream with almost no hold-back.
+    const PROSE_ABOUT_SECRETS: &str = "There are no secrets here. The tokenizer reads tokens; \
+        a password, a secret key or an API key never appears in this text. Keys and tokens \
+        expire, passwords rotate, secret-sharing is discouraged. Token: see the docs. The \
+        password is stored elsewhere, the access_key too, and the private_key as well; ask \
+        for a new token, then skip the old secret. Credentials? Not here either.\n";
 
     fn stream(chunks: &[&str]) -> String {
         let mut m = StreamMasker::new(builtin());
@@ -149,6 +212,7 @@ mod tests {
                 name,
                 "empty" | "prose" | "non_ascii_prose" | "placeholder_left_alone"
                     | "keyword_at_end_without_value" | "placeholders_are_stable" | "adjacent_keywords"
+                    | "prose_about_secrets"
             );
             assert_eq!(masked != text, expect_change, "case {name}: {masked:?}");
         }
@@ -198,6 +262,47 @@ mod tests {
         let out = m.push("The quick brown fox jumps over the lazy dog ");
         assert_eq!(out, "The quick brown fox jumps over the lazy dog ");
         assert_eq!(m.held(), 0);
+    }
+
+    #[test]
+    fn prose_about_secrets_is_held_back_at_most_a_few_bytes_past_the_current_word() {
+        // Before: everything after a keyword up to the line end or 256 bytes. Now: a window
+        // is released as soon as its rule can no longer match there, which in prose is the
+        // next word; and the trailing word itself may still be the start of a secret whose
+        // keyword follows it (rules with `before`).
+        let text = PROSE_ABOUT_SECRETS;
+        let mut m = StreamMasker::new(builtin());
+        let mut out = String::new();
+        let mut max_held = 0;
+        for (i, ch) in text.char_indices() {
+            out += &m.push(&text[i..i + ch.len_utf8()]);
+            let seen = &text[..i + ch.len_utf8()];
+            let held = &seen[seen.len() - m.held()..];
+            let word = seen.trim_end().rsplit(char::is_whitespace).next().unwrap_or("");
+            assert!(
+                m.held() <= word.len() + 8,
+                "after {seen:?}: held {held:?}, more than the word {word:?} and 8 bytes"
+            );
+            max_held = max_held.max(m.held());
+        }
+        out += &m.finish();
+        assert_eq!(out, text);
+        assert!(max_held <= 16, "held back up to {max_held} bytes");
+    }
+
+    #[test]
+    fn window_after_a_keyword_in_prose_is_released_at_the_next_word() {
+        let mut m = StreamMasker::new(builtin());
+        assert_eq!(m.push("no secrets here"), "no secrets ");
+        assert_eq!(m.push(". Plain prose, "), "here. Plain prose, ");
+    }
+
+    #[test]
+    fn window_that_can_still_become_a_secret_stays_held() {
+        let mut m = StreamMasker::new(builtin());
+        assert_eq!(m.push("the api_token = Zx9Qw3Er7Ty1"), "the api_");
+        let out = m.push("Ui5Op2As and more") + &m.finish();
+        assert_eq!(out, "token = [REDACTED:generic-token] and more");
     }
 
     #[test]
@@ -266,6 +371,29 @@ mod tests {
             points.dedup();
             let chunks: Vec<&str> = points.windows(2).map(|w| &text[w[0]..w[1]]).collect();
             prop_assert_eq!(stream(&chunks), builtin().mask(text).text.into_owned(), "case {}", name);
+        }
+
+        #[test]
+        fn random_prose_around_keywords_streams_like_one_shot(
+            parts in proptest::collection::vec(0usize..16, 1..32),
+            cuts in proptest::collection::vec(0usize..10_000, 0..16),
+        ) {
+            // Keywords followed by text that keeps their windows alive for a while and then
+            // kills them, or turns them into secrets: where a window is released early.
+            const FRAGMENTS: [&str; 16] = [
+                "secret", "token", "password", "api_key", "s", " ", "here", ".", ": ", "=", "\"",
+                "Zx9Qw3Er7Ty1Ui5Op2As", "-", "\n", "izer", "é",
+            ];
+            let text: String = parts.iter().map(|&p| FRAGMENTS[p]).collect::<Vec<_>>().concat();
+            let text = format!("{text}{PROSE_ABOUT_SECRETS}");
+            let bounds = char_splits(&text);
+            let mut points: Vec<usize> = cuts.iter().map(|c| bounds[c % bounds.len()]).collect();
+            points.push(0);
+            points.push(text.len());
+            points.sort_unstable();
+            points.dedup();
+            let chunks: Vec<&str> = points.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            prop_assert_eq!(stream(&chunks), builtin().mask(&text).text.into_owned());
         }
 
         #[test]
