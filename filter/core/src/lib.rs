@@ -37,4 +37,7 @@ pub mod transcript;
 pub mod exchange;
 pub mod anthropic;
 pub mod anthropic_stream;
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;
 pub mod policy;

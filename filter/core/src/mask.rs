@@ -312,37 +312,15 @@ mod tests {
         r
     }
 
+    // Shared with the wasm tests (tests/wasm.rs): crate::testkit.
     #[test]
     fn every_builtin_positive_example_is_masked_by_its_rule() {
-        let set = builtin();
-        let mut failures = Vec::new();
-        for raw in crate::rules::builtin_raw_rules().unwrap() {
-            assert!(!raw.examples.positive.is_empty(), "rule {} has no positive example", raw.id);
-            for ex in &raw.examples.positive {
-                let text = expand_example(ex);
-                let m = set.mask(&text);
-                if !m.hits.iter().any(|(id, _)| *id == raw.id) {
-                    failures.push(format!("{}: not masked by its rule: {text:?} -> {:?}", raw.id, m.text));
-                }
-            }
-        }
-        assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+        crate::testkit::examples::check_positive_masked(builtin());
     }
 
     #[test]
     fn every_builtin_negative_example_is_left_untouched() {
-        let set = builtin();
-        let mut failures = Vec::new();
-        for raw in crate::rules::builtin_raw_rules().unwrap() {
-            for ex in &raw.examples.negative {
-                let text = expand_example(ex);
-                let m = set.mask(&text);
-                if !matches!(m.text, Cow::Borrowed(_)) {
-                    failures.push(format!("{}: {text:?} -> {:?} {:?}", raw.id, m.text, m.hits));
-                }
-            }
-        }
-        assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+        crate::testkit::examples::check_negative_untouched(builtin());
     }
 
     #[test]

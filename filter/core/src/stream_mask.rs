@@ -155,31 +155,14 @@ mod tests {
         SET.get_or_init(|| Arc::new(RuleSet::builtin().unwrap())).clone()
     }
 
-    /// Named cases: each is masked whole and through every buffering mode below.
+    /// Named cases: each is masked whole and through every buffering mode below. The shared
+    /// ones (crate::testkit, also run compiled to wasm by tests/wasm.rs), then native-only ones.
     fn cases() -> Vec<(&'static str, String)> {
-        let c = |name, t: &str| (name, expand_example(t));
-        vec![
-            c("empty", ""),
-            c("prose", "Here is how the parser works: it reads tokens, then builds a tree. Ask me anything.\n"),
-            c("non_ascii_prose", "Grüße — 日本語のテキスト, emoji 🎉 and the word token without a value.\n"),
-            c("aws_key_id_in_code", "const id = \"AKIA{{fake:upperb32:16}}\";\nconst next = 1;\n"),
-            c("aws_pair", "aws_access_key_id = AKIA{{fake:upperb32:16}}\naws_secret_access_key = {{fake:b64:40}}\n"),
-            c("anthropic_key_no_newline", "export ANTHROPIC_API_KEY=sk-ant-api03-{{fake:b64url:93}}AA"),
-            c("two_tokens_one_line", "a=ghp_{{fake:alnum:36}} b=glpat-{{fake:b64url:20}} done"),
-            c("generic_env", "DB_PASSWORD={{fake:alnum:18}}\nAPI_TOKEN={{fake:alnum:32}}\nDEBUG=true\n"),
-            c("json_body", "{\"password\": \"{{fake:alnum:16}}\", \"user\": \"admin\", \"api_key\": \"{{fake:b64url:40}}\"}"),
-            c("placeholder_left_alone", "password: ${DB_PASSWORD}\napi_key = YOUR_API_KEY\n"),
-            c("db_url", "DATABASE_URL=postgres://app:{{fake:alnum:20}}@db.internal:5432/app\n"),
-            c("pem_block_then_prose", "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA{{fake:b64:48}}\n{{fake:b64:64}}\n{{fake:b64:64}}\n-----END RSA PRIVATE KEY-----\nand some prose after it.\n"),
-            c("pem_block_unterminated", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA{{fake:b64:46}}\n{{fake:b64:70}}\n"),
-            c("jwt_in_header", "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJ{{fake:b64url:40}}.{{fake:b64url:43}}\n"),
-            c("mailchimp_keyword_after_secret", "key {{fake:hex:32}}-us21 end"),
-            c("keyword_at_end_without_value", "please rotate the token"),
-            c("crlf_lines", "password = {{fake:alnum:14}}\r\nnext line\r\n"),
-            c("adjacent_keywords", "tokentokentoken secret= password=: sk-ant-"),
-            c("placeholders_are_stable", "token = [REDACTED:generic-token]\n"),
-            c("prose_about_secrets", PROSE_ABOUT_SECRETS),
-        ]
+        let mut cases = crate::testkit::stream_mask::cases();
+        cases.extend([
+            ("prose_about_secrets", PROSE_ABOUT_SECRETS.to_string()),
+        ]);
+        cases
     }
 
     /// Claude-style prose, one long line, full of the keywords of the generic rules and none
@@ -191,18 +174,10 @@ mod tests {
         for a new token, then skip the old secret. Credentials? Not here either.\n";
 
     fn stream(chunks: &[&str]) -> String {
-        let mut m = StreamMasker::new(builtin());
-        let mut out = String::new();
-        for c in chunks {
-            out.push_str(&m.push(c));
-            assert!(m.held() <= builtin().max_hold_back(), "held {} bytes", m.held());
-        }
-        out + &m.finish()
+        crate::testkit::stream_mask::stream(&builtin(), chunks)
     }
 
-    fn char_splits(text: &str) -> Vec<usize> {
-        (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect()
-    }
+    use crate::testkit::stream_mask::char_splits;
 
     #[test]
     fn cases_mask_something_where_expected() {
@@ -220,29 +195,17 @@ mod tests {
 
     #[test]
     fn whole_text_in_one_push_equals_one_shot() {
-        for (name, text) in cases() {
-            assert_eq!(stream(&[&text]), builtin().mask(&text).text, "case {name}");
-        }
+        crate::testkit::stream_mask::check_whole_text_in_one_push(&builtin(), &cases());
     }
 
     #[test]
     fn every_two_way_split_equals_one_shot() {
-        for (name, text) in cases() {
-            let want = builtin().mask(&text).text.into_owned();
-            for i in char_splits(&text) {
-                assert_eq!(stream(&[&text[..i], &text[i..]]), want, "case {name}, split at {i}");
-            }
-        }
+        crate::testkit::stream_mask::check_every_two_way_split(&builtin(), &cases());
     }
 
     #[test]
     fn one_character_chunks_equal_one_shot() {
-        for (name, text) in cases() {
-            let want = builtin().mask(&text).text.into_owned();
-            let bounds = char_splits(&text);
-            let chunks: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
-            assert_eq!(stream(&chunks), want, "case {name}");
-        }
+        crate::testkit::stream_mask::check_one_character_chunks(&builtin(), &cases());
     }
 
     #[test]
