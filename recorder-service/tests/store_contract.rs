@@ -13,7 +13,8 @@ use scrim_core::audit::AuditRecord;
 use scrim_recorder::chain::Problem;
 use scrim_recorder::envoy::envoy_fields;
 use scrim_recorder::record::StoredRecord;
-use scrim_recorder::store::{self, SessionQuery, Store};
+use scrim_core::audit::{Decision, Direction, MaskCount, Usage};
+use scrim_recorder::store::{self, ExchangeFilter, QueryLogEntry, SessionQuery, Store};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -100,6 +101,10 @@ contract!(
     content_deleted_inside_the_retention_period_is_still_reported,
     purge_horizon_never_moves_back,
     ingest_rate_is_reported,
+    find_sessions_applies_every_filter_to_the_exchanges_it_counts,
+    exchange_is_found_by_its_id,
+    usage_by_user_totals_each_subject_with_anonymous_first,
+    query_log_takes_entries,
 );
 
 const DAY_S: i64 = 86_400;
@@ -460,4 +465,123 @@ fn postgres_deleted_newest_record_is_named_after_the_next_append() {
             missing_seqs: Some((10, 10))
         }]
     );
+}
+
+/// Ten records plus x11: carol (group ops) in s-a, opus, denied, two `aws-key` masks, cache
+/// tokens; and x12 with no user (refused before identity was known).
+fn twelve_records(b: &impl Backend) -> Box<dyn Store> {
+    let mut store = ten_records(b);
+    let mut r = simple_record("x11", "s-a", "carol");
+    r.user.as_mut().unwrap().groups = vec!["ops".into()];
+    r.model = Some("claude-opus-4-1".into());
+    r.decision = Decision::Denied;
+    r.masked = vec![
+        MaskCount {
+            rule: "aws-key".into(),
+            direction: Direction::Request,
+            count: 2,
+        },
+        MaskCount {
+            rule: "github-token".into(),
+            direction: Direction::Response,
+            count: 0,
+        },
+    ];
+    r.usage = Some(Usage {
+        input_tokens: 7,
+        output_tokens: 0,
+        cache_read_input_tokens: 100,
+        cache_creation_input_tokens: 30,
+    });
+    let mut anonymous = simple_record("x12", "s-c", "nobody");
+    anonymous.user = None;
+    anonymous.decision = Decision::Unauthenticated;
+    store
+        .append(&[stored(r, T0 + 11 * DAY_S), stored(anonymous, T0 + 12 * DAY_S)])
+        .unwrap();
+    store
+}
+
+fn find_sessions_applies_every_filter_to_the_exchanges_it_counts(b: &impl Backend) {
+    let store = twelve_records(b);
+    let find = |filter: ExchangeFilter| -> Vec<(String, u64)> {
+        store
+            .find_sessions(&filter, 10)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.session_id, s.exchanges))
+            .collect()
+    };
+    let s = |id: &str, n: u64| (id.to_owned(), n);
+    assert_eq!(
+        find(ExchangeFilter::default()),
+        [s("s-c", 1), s("s-a", 6), s("s-b", 5)]
+    );
+    // Carol shares s-a with alice but sees only her own exchange counted.
+    let carol = ExchangeFilter {
+        subject: Some("carol".into()),
+        ..Default::default()
+    };
+    assert_eq!(find(carol), [s("s-a", 1)]);
+    let by = |f: fn(&mut ExchangeFilter)| {
+        let mut filter = ExchangeFilter::default();
+        f(&mut filter);
+        find(filter)
+    };
+    assert_eq!(by(|f| f.group = Some("ops".into())), [s("s-a", 1)]);
+    assert_eq!(by(|f| f.group = Some("dev".into())), [s("s-b", 5), s("s-a", 5)]);
+    assert_eq!(by(|f| f.model = Some("claude-opus-4-1".into())), [s("s-a", 1)]);
+    assert_eq!(by(|f| f.decision = Some("denied".into())), [s("s-a", 1)]);
+    assert_eq!(by(|f| f.rule = Some("aws-key".into())), [s("s-a", 1)]);
+    // A rule that matched nothing (count 0) is not a hit.
+    assert_eq!(by(|f| f.rule = Some("github-token".into())), []);
+    assert_eq!(
+        by(|f| {
+            f.from_ms = Some((T0 + 3 * DAY_S) * 1000);
+            f.to_ms = Some((T0 + 5 * DAY_S) * 1000);
+        }),
+        [s("s-b", 1), s("s-a", 1)]
+    );
+    assert_eq!(store.find_sessions(&ExchangeFilter::default(), 1).unwrap().len(), 1);
+}
+
+fn exchange_is_found_by_its_id(b: &impl Backend) {
+    let store = twelve_records(b);
+    let found = store.exchange("x4").unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].stored, nth_record(4));
+    assert!(store.exchange("nope").unwrap().is_empty());
+}
+
+fn usage_by_user_totals_each_subject_with_anonymous_first(b: &impl Backend) {
+    let store = twelve_records(b);
+    let usage = store.usage_by_user(&ExchangeFilter::default()).unwrap();
+    let subjects: Vec<_> = usage.iter().map(|u| u.subject.as_deref()).collect();
+    assert_eq!(subjects, [None, Some("alice"), Some("bob"), Some("carol")]);
+    assert_eq!((usage[0].requests, usage[0].refused), (1, 1));
+    assert_eq!((usage[1].requests, usage[1].input_tokens, usage[1].output_tokens), (5, 50, 100));
+    let carol = &usage[3];
+    assert_eq!(
+        (carol.requests, carol.masked, carol.refused, carol.cache_read_input_tokens, carol.cache_creation_input_tokens),
+        (1, 2, 1, 100, 30)
+    );
+}
+
+fn query_log_takes_entries(b: &impl Backend) {
+    let mut store = b.open();
+    for status in [200, 403] {
+        store
+            .log_query(&QueryLogEntry {
+                at_ms: T0 * 1000,
+                subject: Some("alice".into()),
+                auditor: false,
+                method: "GET".into(),
+                path: "/v1/sessions".into(),
+                query: "user=bob".into(),
+                status,
+            })
+            .unwrap();
+    }
+    // The log is beside the chain, not in it.
+    assert_eq!(store.verify().unwrap().records, 0);
 }

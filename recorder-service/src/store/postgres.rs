@@ -12,12 +12,13 @@
 
 use super::rows::{self, Columns, Verifier};
 use super::{
-    Exchange, PurgeReport, SessionQuery, SessionSummary, StorageUsage, Store, StoreError,
-    VerifyReport,
+    Exchange, ExchangeFilter, PurgeReport, QueryLogEntry, SessionQuery, SessionSummary,
+    StorageUsage, Store, StoreError, UserUsage, VerifyReport,
 };
 use crate::chain;
 use crate::dedup;
 use crate::record::StoredRecord;
+use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, IsolationLevel, NoTls, Row};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -43,6 +44,18 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_by_session ON records (session_id, seq);
 CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, start_ms);
+CREATE INDEX IF NOT EXISTS records_by_exchange ON records (exchange_id);
+CREATE INDEX IF NOT EXISTS records_by_start ON records (start_ms);
+CREATE TABLE IF NOT EXISTS query_log (
+    id BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    subject TEXT,
+    auditor BOOLEAN NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS contents (hash TEXT PRIMARY KEY, bytes BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS chain_head (
     only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
@@ -115,26 +128,102 @@ impl PostgresStore {
 }
 
 fn purged_before_ms(c: &mut impl GenericClient) -> Result<Option<i64>, StoreError> {
-    Ok(c.query_opt(
-        "SELECT value FROM meta WHERE key = 'purged_before_ms'",
-        &[],
-    )?
-    .and_then(|r| r.get::<_, String>(0).parse().ok()))
+    Ok(
+        c.query_opt("SELECT value FROM meta WHERE key = 'purged_before_ms'", &[])?
+            .and_then(|r| r.get::<_, String>(0).parse().ok()),
+    )
 }
+
+type Params = Vec<Box<dyn ToSql + Sync>>;
+
+fn param_refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref()).collect()
+}
+
+/// The `WHERE` clause and its parameters for `filter`; only set filters become conditions, so
+/// the planner sees plain indexed comparisons. Group and rule live only in the body (the
+/// chain covers it) and are read as JSON after the indexed conditions narrowed the rows.
+fn filter_sql(filter: &ExchangeFilter) -> (String, Params) {
+    let mut conditions = Vec::new();
+    let mut params: Params = Vec::new();
+    let mut add = |condition: &str, value: Box<dyn ToSql + Sync>| {
+        params.push(value);
+        conditions.push(condition.replace("$?", &format!("${}", params.len())));
+    };
+    if let Some(v) = &filter.subject {
+        add("subject = $?", Box::new(v.clone()));
+    }
+    if let Some(v) = filter.from_ms {
+        add("start_ms >= $?", Box::new(v));
+    }
+    if let Some(v) = filter.to_ms {
+        add("start_ms < $?", Box::new(v));
+    }
+    if let Some(v) = &filter.model {
+        add("model = $?", Box::new(v.clone()));
+    }
+    if let Some(v) = &filter.decision {
+        add("decision = $?", Box::new(v.clone()));
+    }
+    if let Some(v) = &filter.group {
+        add(
+            "coalesce(body::jsonb #> '{record,user,groups}', '[]'::jsonb) ? $?::text",
+            Box::new(v.clone()),
+        );
+    }
+    if let Some(v) = &filter.rule {
+        add(
+            "EXISTS (SELECT 1 FROM jsonb_array_elements(
+                         coalesce(body::jsonb #> '{record,masked}', '[]'::jsonb)) m
+                     WHERE m->>'rule' = $?::text AND (m->>'count')::bigint > 0)",
+            Box::new(v.clone()),
+        );
+    }
+    if conditions.is_empty() {
+        (String::new(), params)
+    } else {
+        (format!("WHERE {}", conditions.join(" AND ")), params)
+    }
+}
+
+/// A session summary from the columns of the sessions queries.
+fn summary(r: &Row) -> SessionSummary {
+    let strings = |v: Vec<Option<String>>| -> Vec<String> {
+        let mut v: Vec<String> = v.into_iter().flatten().collect();
+        v.sort();
+        v
+    };
+    SessionSummary {
+        session_id: r.get(0),
+        subjects: strings(r.get(1)),
+        exchanges: r.get::<_, i64>(2) as u64,
+        refused: r.get::<_, i64>(3) as u64,
+        first_ms: r.get(4),
+        last_ms: r.get(5),
+        input_tokens: r.get::<_, i64>(6) as u64,
+        output_tokens: r.get::<_, i64>(7) as u64,
+        models: strings(r.get(8)),
+    }
+}
+
+/// Session summary columns, in the order [`summary`] reads them.
+const SUMMARY_COLUMNS: &str = "session_id, array_agg(DISTINCT subject), count(*),
+    count(*) FILTER (WHERE decision <> 'allowed'), min(start_ms), max(start_ms),
+    coalesce(sum(input_tokens), 0)::bigint, coalesce(sum(output_tokens), 0)::bigint,
+    array_agg(DISTINCT model)";
 
 /// The stored pieces among `hashes`.
 fn load_many(
     c: &mut impl GenericClient,
     hashes: &[String],
 ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-    Ok(c
-        .query(
-            "SELECT hash, bytes FROM contents WHERE hash = ANY($1)",
-            &[&hashes],
-        )?
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
+    Ok(c.query(
+        "SELECT hash, bytes FROM contents WHERE hash = ANY($1)",
+        &[&hashes],
+    )?
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
 }
 
 /// Rows of `(seq, hash, body)` as exchanges, with every piece they reach fetched level by
@@ -245,10 +334,7 @@ impl Store for PostgresStore {
                 &hashes,
             ],
         )?;
-        tx.execute(
-            "UPDATE chain_head SET seq = $1, hash = $2",
-            &[&seq, &prev],
-        )?;
+        tx.execute("UPDATE chain_head SET seq = $1, hash = $2", &[&seq, &prev])?;
         tx.commit()?;
         Ok(())
     }
@@ -256,37 +342,18 @@ impl Store for PostgresStore {
     fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionSummary>, StoreError> {
         let limit = query.limit.map(|l| l.min(i64::MAX as u64) as i64);
         let found = self.client()?.query(
-            "SELECT session_id, array_agg(DISTINCT subject), count(*),
-                    count(*) FILTER (WHERE decision <> 'allowed'), min(start_ms), max(start_ms),
-                    coalesce(sum(input_tokens), 0)::bigint, coalesce(sum(output_tokens), 0)::bigint,
-                    array_agg(DISTINCT model)
-             FROM records
-             WHERE $1::text IS NULL
-                OR session_id IN (SELECT session_id FROM records WHERE subject = $1)
-             GROUP BY session_id
-             ORDER BY max(seq) DESC
-             LIMIT $2",
+            &format!(
+                "SELECT {SUMMARY_COLUMNS}
+                 FROM records
+                 WHERE $1::text IS NULL
+                    OR session_id IN (SELECT session_id FROM records WHERE subject = $1)
+                 GROUP BY session_id
+                 ORDER BY max(seq) DESC
+                 LIMIT $2"
+            ),
             &[&query.subject, &limit],
         )?;
-        let strings = |v: Vec<Option<String>>| -> Vec<String> {
-            let mut v: Vec<String> = v.into_iter().flatten().collect();
-            v.sort();
-            v
-        };
-        Ok(found
-            .into_iter()
-            .map(|r| SessionSummary {
-                session_id: r.get(0),
-                subjects: strings(r.get(1)),
-                exchanges: r.get::<_, i64>(2) as u64,
-                refused: r.get::<_, i64>(3) as u64,
-                first_ms: r.get(4),
-                last_ms: r.get(5),
-                input_tokens: r.get::<_, i64>(6) as u64,
-                output_tokens: r.get::<_, i64>(7) as u64,
-                models: strings(r.get(8)),
-            })
-            .collect())
+        Ok(found.iter().map(summary).collect())
     }
 
     fn session(&self, session_id: &str) -> Result<Vec<Exchange>, StoreError> {
@@ -436,5 +503,79 @@ impl Store for PostgresStore {
             pieces_removed: removed.len() as u64,
             bytes_removed: removed.iter().map(|r| r.get::<_, i32>(0) as u64).sum(),
         })
+    }
+
+    fn find_sessions(
+        &self,
+        filter: &ExchangeFilter,
+        limit: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let (where_sql, mut params) = filter_sql(filter);
+        params.push(Box::new(limit.min(i64::MAX as u64) as i64));
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM records {where_sql}
+             GROUP BY session_id ORDER BY max(seq) DESC LIMIT ${}",
+            params.len()
+        );
+        let found = self.client()?.query(&sql, &param_refs(&params))?;
+        Ok(found.iter().map(summary).collect())
+    }
+
+    fn exchange(&self, exchange_id: &str) -> Result<Vec<Exchange>, StoreError> {
+        let mut client = self.client()?;
+        let found = client.query(
+            "SELECT seq, hash, body FROM records WHERE exchange_id = $1 ORDER BY seq",
+            &[&exchange_id],
+        )?;
+        exchanges(&mut *client, &found)
+    }
+
+    fn usage_by_user(&self, filter: &ExchangeFilter) -> Result<Vec<UserUsage>, StoreError> {
+        let (where_sql, params) = filter_sql(filter);
+        // Byte order and nulls first, as SQLite sorts, whatever the database's collation.
+        let sql = format!(
+            "SELECT subject, count(*),
+                    coalesce(sum(input_tokens), 0)::bigint, coalesce(sum(output_tokens), 0)::bigint,
+                    coalesce(sum((body::jsonb #>> '{{record,usage,cache_read_input_tokens}}')::bigint), 0)::bigint,
+                    coalesce(sum((body::jsonb #>> '{{record,usage,cache_creation_input_tokens}}')::bigint), 0)::bigint,
+                    coalesce(sum((SELECT sum((m->>'count')::bigint) FROM jsonb_array_elements(
+                        coalesce(body::jsonb #> '{{record,masked}}', '[]'::jsonb)) m)), 0)::bigint,
+                    count(*) FILTER (WHERE decision <> 'allowed')
+             FROM records {where_sql}
+             GROUP BY subject
+             ORDER BY subject COLLATE \"C\" NULLS FIRST"
+        );
+        let found = self.client()?.query(&sql, &param_refs(&params))?;
+        let n = |r: &Row, i| r.get::<_, i64>(i).max(0) as u64;
+        Ok(found
+            .iter()
+            .map(|r| UserUsage {
+                subject: r.get(0),
+                requests: n(r, 1),
+                input_tokens: n(r, 2),
+                output_tokens: n(r, 3),
+                cache_read_input_tokens: n(r, 4),
+                cache_creation_input_tokens: n(r, 5),
+                masked: n(r, 6),
+                refused: n(r, 7),
+            })
+            .collect())
+    }
+
+    fn log_query(&mut self, entry: &QueryLogEntry) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "INSERT INTO query_log (at_ms, subject, auditor, method, path, query, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &entry.at_ms,
+                &entry.subject,
+                &entry.auditor,
+                &entry.method,
+                &entry.path,
+                &entry.query,
+                &i32::from(entry.status),
+            ],
+        )?;
+        Ok(())
     }
 }
