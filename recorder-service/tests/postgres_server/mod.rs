@@ -31,7 +31,14 @@ pub fn server() -> &'static PgServer {
 /// `/usr/lib/postgresql/<version>/bin` (Debian's layout).
 fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SCRIM_PG_BIN") {
-        return dir.into();
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("postgres").exists(),
+            "SCRIM_PG_BIN={} has no postgres binary: the store contract tests need a real \
+             PostgreSQL (`make test-tools` installs Debian's package)",
+            dir.display()
+        );
+        return dir;
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
