@@ -1,9 +1,14 @@
 //! Native masking throughput of the built-in rules over a deterministic, generated corpus of
 //! source-like text with a secret every few KiB, and how much the streaming masker holds back
 //! on that code and on prose full of generic keywords (`secret`, `token`, `password`, `key`).
+//! Also: this crate's own Rust source streamed as 48-byte `text_delta` events (the shape of
+//! a Claude response) through the SSE rewriter in 16 KiB network chunks, and through the
+//! streaming masker alone in pushes of several sizes.
 //! Prints MB/s and held bytes; run with `cargo bench`.
 
+use scrim_core::anthropic_stream::{StreamRewriter, ThinkingMode};
 use scrim_core::rules::{expand_example, RuleSet};
+use scrim_core::sse::SseFramer;
 use scrim_core::stream_mask::StreamMasker;
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,6 +115,83 @@ fn key_blocks(bytes: usize) -> String {
     out
 }
 
+/// This crate's own source files, concatenated and repeated to `len` bytes: real Rust code,
+/// with the keywords (`token`, `secret`, `key`, …) such code is full of.
+fn source_corpus(len: usize) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("crate sources")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    files.sort();
+    let all: String = files.iter().map(|f| std::fs::read_to_string(f).expect("readable source")).collect();
+    let mut text = String::with_capacity(len + all.len());
+    while text.len() < len {
+        text.push_str(&all);
+    }
+    let mut cut = len;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text
+}
+
+/// An Anthropic stream carrying `text` as one text block in deltas of about `piece` bytes.
+fn sse_stream(text: &str, piece: usize) -> Vec<u8> {
+    use serde_json::json;
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = ev("message_start", json!({"type": "message_start", "message": {"id": "msg_bench", "type": "message", "role": "assistant", "model": "bench", "content": [], "usage": {"input_tokens": 1, "output_tokens": 1}}}));
+    out += &ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}));
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + piece).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        out += &ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": &text[start..end]}}));
+        start = end;
+    }
+    out += &ev("content_block_stop", json!({"type": "content_block_stop", "index": 0}));
+    out += &ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}));
+    out += &ev("message_stop", json!({"type": "message_stop"}));
+    out.into_bytes()
+}
+
+/// The text of block 0 as a client reassembles it from `out`.
+fn reassembled_text(out: &[u8]) -> String {
+    let mut f = SseFramer::new();
+    let mut text = String::new();
+    for ev in f.push(out).into_iter().chain(f.finish()) {
+        let Some(data) = ev.data else { continue };
+        let v: serde_json::Value = serde_json::from_str(&data).expect("output data is json");
+        if v["type"] == "content_block_delta" && v["delta"]["type"] == "text_delta" {
+            text.push_str(v["delta"]["text"].as_str().expect("text"));
+        }
+    }
+    text
+}
+
+/// Rewrites `sse` in `chunk`-byte network chunks (best of `runs`); returns MB/s of SSE and
+/// checks the client's reassembled text equals `want`.
+fn rewrite(rules: &Arc<RuleSet>, sse: &[u8], chunk: usize, want: &str, runs: usize) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut r = StreamRewriter::new(rules.clone(), ThinkingMode::Mask);
+        let mut out = Vec::with_capacity(sse.len());
+        for c in sse.chunks(chunk) {
+            out.extend_from_slice(&r.push(c).expect("valid stream"));
+        }
+        out.extend_from_slice(&r.finish().expect("complete stream"));
+        best = best.min(t.elapsed().as_secs_f64());
+        assert_eq!(reassembled_text(&out), want, "rewritten stream differs from one-shot");
+    }
+    sse.len() as f64 / 1e6 / best
+}
+
 fn main() {
     let t = Instant::now();
     let rules = Arc::new(RuleSet::builtin().expect("built-in rules compile"));
@@ -123,10 +205,35 @@ fn main() {
     let hits: usize = masked.hits.iter().map(|(_, n)| n).sum();
     println!("one-shot:            {:7.1} MB/s ({hits} secrets masked in {mb:.1} MB)", mb / s);
 
-    for chunk in [16usize, 256, 4096] {
+    for chunk in [16usize, 48, 256, 4096] {
         let (rate, max_held, mean_held) = stream(&rules, &text, chunk, &masked.text);
         println!(
             "code  stream {chunk:5}-byte chunks: {rate:7.1} MB/s (held back: max {max_held} bytes, mean {mean_held:.1})"
+        );
+    }
+
+    let text = source_corpus(2 << 20);
+    let mb = text.len() as f64 / 1e6;
+    let t = Instant::now();
+    let masked = rules.mask(&text);
+    println!("src   one-shot:           {:7.1} MB/s", mb / t.elapsed().as_secs_f64());
+    let sse = sse_stream(&text, 48);
+    let rate = rewrite(&rules, &sse, 16 << 10, &masked.text, 3);
+    println!(
+        "src   sse rewrite, 48-byte text_delta events, 16 KiB chunks: {rate:7.1} MB/s of SSE ({:.1} MB)",
+        sse.len() as f64 / 1e6
+    );
+    let t = Instant::now();
+    let mut framer = SseFramer::new();
+    let events: usize = sse.chunks(16 << 10).map(|c| framer.push(c).len()).sum();
+    println!(
+        "src   sse framing alone ({events} events):  {:7.1} MB/s",
+        sse.len() as f64 / 1e6 / t.elapsed().as_secs_f64()
+    );
+    for chunk in [16usize, 48, 256, 4096] {
+        let (rate, max_held, mean_held) = stream(&rules, &text, chunk, &masked.text);
+        println!(
+            "src   stream {chunk:5}-byte chunks: {rate:7.1} MB/s (held back: max {max_held} bytes, mean {mean_held:.1})"
         );
     }
 
