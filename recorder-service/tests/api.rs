@@ -56,14 +56,14 @@ impl Idp {
     }
 }
 
-/// The gateway's configuration format: only dev, ops and auditors may query at all.
+/// The gateway's configuration format: only dev and ops may query at all (and auditors).
 fn auth_config(keys: Value) -> Value {
     let mut issuer = json!({"issuer": ISSUER, "audiences": ["scrim-audit"]});
     issuer
         .as_object_mut()
         .unwrap()
         .extend(keys.as_object().unwrap().clone());
-    json!({"issuers": [issuer], "allowed_groups": ["dev", "ops", "auditors"]})
+    json!({"issuers": [issuer], "allowed_groups": ["dev", "ops"]})
 }
 
 fn stored(record: AuditRecord, start_s: i64) -> StoredRecord {
@@ -388,7 +388,8 @@ async fn every_query_is_logged_with_caller_params_and_status() {
     let mut stmt = conn
         .prepare("SELECT subject, auditor, method, path, query, status, at_ms FROM query_log ORDER BY id")
         .unwrap();
-    let rows: Vec<(Option<String>, bool, String, String, String, u16, i64)> = stmt
+    type Row = (Option<String>, bool, String, String, String, u16, i64);
+    let rows: Vec<Row> = stmt
         .query_map([], |r| {
             Ok((
                 r.get(0)?,
@@ -520,4 +521,63 @@ fn usage_command_prints_per_user_totals_for_a_period() {
     );
     let bad = recorder(&db, &["usage", "--from", "last week"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn serve_answers_auditors_on_its_http_listener() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    fill(&db);
+    let idp = Idp::generate();
+    let config = dir.path().join("recorder-auth.json");
+    std::fs::write(
+        &config,
+        auth_config(json!({"jwks": {"keys": [idp.jwk.clone()]}})).to_string(),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
+        .arg("--db")
+        .arg(&db)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--auth-config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Readiness: each listener is bound before its line is printed; the API's comes second.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut api_line = String::new();
+    for _ in 0..2 {
+        api_line.clear();
+        stderr.read_line(&mut api_line).unwrap();
+    }
+    let base = api_line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no API address in {api_line:?}"))
+        .to_owned();
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let list: Value = http
+        .get(format!("{base}/v1/sessions"))
+        .bearer_auth(idp.token("carol", &["auditors"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 2, "{list}");
 }
