@@ -27,8 +27,12 @@ pub struct Event {
 /// Splits bytes into SSE events incrementally.
 #[derive(Debug, Default)]
 pub struct SseFramer {
-    /// Bytes of the current event not yet dispatched.
+    /// Bytes not yet dispatched, from `event_start` on (before it: events already returned
+    /// in this push, dropped once at its end rather than per event, which would move the
+    /// rest of a 16 KiB chunk for every 100-byte event).
     buf: Vec<u8>,
+    /// Start of the current event in `buf`.
+    event_start: usize,
     /// Start of the first line in `buf` not parsed yet.
     line_start: usize,
     current: Event,
@@ -44,6 +48,9 @@ impl SseFramer {
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
         self.parse(false, &mut events);
+        self.buf.drain(..self.event_start);
+        self.line_start -= self.event_start;
+        self.event_start = 0;
         events
     }
 
@@ -51,14 +58,13 @@ impl SseFramer {
     pub fn finish(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
         self.parse(true, &mut events);
-        if !self.buf.is_empty() {
+        if self.event_start < self.buf.len() {
             // A last line without a line ending still counts as a line.
             if self.line_start < self.buf.len() {
-                let line = self.buf[self.line_start..].to_vec();
-                self.field(&line);
+                field(&mut self.current, &self.buf[self.line_start..]);
             }
             let mut ev = std::mem::take(&mut self.current);
-            ev.raw = std::mem::take(&mut self.buf);
+            ev.raw = self.buf[self.event_start..].to_vec();
             ev.terminated = false;
             events.push(ev);
         }
@@ -77,49 +83,49 @@ impl SseFramer {
                 _ if !finished => return,
                 _ => 1,
             };
-            let line = rest[..eol].to_vec();
             let next = self.line_start + eol + end_len;
-            if line.is_empty() {
+            if eol == 0 {
                 let mut ev = std::mem::take(&mut self.current);
-                ev.raw = self.buf.drain(..next).collect();
+                ev.raw = self.buf[self.event_start..next].to_vec();
                 ev.terminated = true;
-                self.line_start = 0;
+                self.event_start = next;
                 // A blank line with no field before it dispatches nothing per the
                 // specification; its bytes still have to go through: an event with no fields.
                 events.push(ev);
             } else {
-                self.field(&line);
-                self.line_start = next;
+                field(&mut self.current, &self.buf[self.line_start..self.line_start + eol]);
             }
+            self.line_start = next;
         }
     }
+}
 
-    fn field(&mut self, line: &[u8]) {
-        let line = line.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(line);
-        if let Some(comment) = line.strip_prefix(b":") {
-            self.current.comments.push(String::from_utf8_lossy(comment).into_owned());
-            return;
+/// Adds one field line (no line ending) to `current`.
+fn field(current: &mut Event, line: &[u8]) {
+    let line = line.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(line);
+    if let Some(comment) = line.strip_prefix(b":") {
+        current.comments.push(String::from_utf8_lossy(comment).into_owned());
+        return;
+    }
+    let (name, value) = match line.iter().position(|&b| b == b':') {
+        Some(i) => {
+            let v = &line[i + 1..];
+            (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
         }
-        let (name, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+        None => (line, &b""[..]),
+    };
+    let value = String::from_utf8_lossy(value);
+    match name {
+        b"event" => current.event = Some(value.into_owned()),
+        b"data" => match &mut current.data {
+            Some(d) => {
+                d.push('\n');
+                d.push_str(&value);
             }
-            None => (line, &b""[..]),
-        };
-        let value = String::from_utf8_lossy(value).into_owned();
-        match name {
-            b"event" => self.current.event = Some(value),
-            b"data" => match &mut self.current.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(&value);
-                }
-                None => self.current.data = Some(value),
-            },
-            b"id" => self.current.id = Some(value),
-            _ => {} // `retry` and unknown fields: kept in `raw` only.
-        }
+            None => current.data = Some(value.into_owned()),
+        },
+        b"id" => current.id = Some(value.into_owned()),
+        _ => {} // `retry` and unknown fields: kept in `raw` only.
     }
 }
 
