@@ -15,6 +15,8 @@ struct Ports {
     admin: u16,
     idp: u16,
     stand_in: u16,
+    recorder: u16,
+    audit_api: u16,
 }
 
 fn dev_command(run_dir: &Path, ports: &Ports) -> Command {
@@ -24,6 +26,8 @@ fn dev_command(run_dir: &Path, ports: &Ports) -> Command {
         .env("SCRIM_ADMIN_PORT", ports.admin.to_string())
         .env("SCRIM_IDP_PORT", ports.idp.to_string())
         .env("SCRIM_STAND_IN_PORT", ports.stand_in.to_string())
+        .env("SCRIM_RECORDER_PORT", ports.recorder.to_string())
+        .env("SCRIM_AUDIT_API_PORT", ports.audit_api.to_string())
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("SCRIM_UPSTREAM")
         .env_remove("SCRIM_FILTER_CONFIG")
@@ -32,7 +36,14 @@ fn dev_command(run_dir: &Path, ports: &Ports) -> Command {
 }
 
 fn ports() -> Ports {
-    Ports { gateway: free_port(), admin: free_port(), idp: free_port(), stand_in: free_port() }
+    Ports {
+        gateway: free_port(),
+        admin: free_port(),
+        idp: free_port(),
+        stand_in: free_port(),
+        recorder: free_port(),
+        audit_api: free_port(),
+    }
 }
 
 fn token(run_dir: &Path, ports: &Ports, sub: &str, groups: &str) -> String {
@@ -77,6 +88,19 @@ async fn dev_gateway_serves_a_dev_token_and_stops_on_interrupt() {
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["content"][0]["text"], DEFAULT_REPLY);
+
+    // The exchange reaches the recorder, and an auditor sees it through the auditor API.
+    let auditor = token(&run_dir, &ports, "carol", "auditors");
+    let sessions_url = format!("http://127.0.0.1:{}/v1/sessions?user=alice", ports.audit_api);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: serde_json::Value = client.get(&sessions_url).bearer_auth(&auditor).send().await.unwrap().json().await.unwrap();
+        if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "exchange never reached the auditor API: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let other_group = token(&run_dir, &ports, "bob", "sales");
     let resp = client.post(&url).bearer_auth(&other_group).body(body).send().await.unwrap();

@@ -7,7 +7,11 @@
 use scrim_devstack::envoy::{Envoy, EnvoyOptions, Upstream};
 use scrim_devstack::idp::{DevIdentity, DevIdp};
 use scrim_devstack::recorder::Recorder;
-use scrim_devstack::stack::{dev_filter_config, rand_u64, DEV_AUDIENCE, DEV_BUFFER_LIMIT};
+use scrim_recorder::api;
+
+/// The dev group whose members see every recorded exchange through the auditor API.
+const AUDITOR_GROUP: &str = "auditors";
+use scrim_devstack::stack::{dev_filter_config, rand_u64, DEV_AUDIENCE, DEV_BUFFER_LIMIT, DEV_GROUP};
 use scrim_devstack::stand_in::ClaudeStandIn;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +78,7 @@ async fn run() -> Result<(), String> {
     let idp_port = port("SCRIM_IDP_PORT", 9902)?;
     let stand_in_port = port("SCRIM_STAND_IN_PORT", 9903)?;
     let recorder_port = port("SCRIM_RECORDER_PORT", 9904)?;
+    let audit_api_port = port("SCRIM_AUDIT_API_PORT", 9905)?;
     check_free("SCRIM_PORT", gateway_port)?;
     check_free("SCRIM_ADMIN_PORT", admin_port)?;
     std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -86,6 +91,9 @@ async fn run() -> Result<(), String> {
     let recorder_listener = bind("SCRIM_RECORDER_PORT", recorder_port).await?;
     let db = dir.join("recorder.db");
     let _recorder = Recorder::start(recorder_listener, &db).await?;
+
+    let audit_listener = bind("SCRIM_AUDIT_API_PORT", audit_api_port).await?;
+    start_audit_api(audit_listener, &issuer, idp.jwks_uri(), &db).await?;
 
     let key = service_key()?;
     let upstream_url = std::env::var("SCRIM_UPSTREAM").ok().filter(|u| !u.is_empty());
@@ -123,7 +131,7 @@ async fn run() -> Result<(), String> {
         buffer_limit_bytes: DEV_BUFFER_LIMIT,
     })
     .await?;
-    print_welcome(&dir, gateway_port, admin_port, &issuer, &upstream_text, &db);
+    print_welcome(&dir, gateway_port, admin_port, audit_api_port, &issuer, &upstream_text, &db);
 
     let mut watch = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -143,7 +151,20 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
-fn print_welcome(dir: &Path, port: u16, admin: u16, issuer: &str, upstream: &str, db: &Path) {
+/// The recorder's auditor API, checking the same dev tokens: members of `auditors` see every
+/// exchange, `eng` members their own.
+async fn start_audit_api(listener: tokio::net::TcpListener, issuer: &str, jwks_uri: &str, db: &Path) -> Result<(), String> {
+    let mut auth = dev_filter_config(issuer, jwks_uri);
+    auth["allowed_groups"] = serde_json::json!([DEV_GROUP, AUDITOR_GROUP]);
+    let auth = scrim_core::config::Config::from_json(auth.to_string().as_bytes()).map_err(|e| e.to_string())?;
+    let db = db.to_string_lossy().to_string();
+    let open: api::OpenStore = std::sync::Arc::new(move || scrim_recorder::store::open(&db));
+    let api = api::Api::start(api::ApiConfig { auth, auditor_group: AUDITOR_GROUP.into() }, open).await;
+    tokio::spawn(api::serve(listener, api::router(api), std::future::pending()));
+    Ok(())
+}
+
+fn print_welcome(dir: &Path, port: u16, admin: u16, audit_api_port: u16, issuer: &str, upstream: &str, db: &Path) {
     let base = format!("http://127.0.0.1:{port}");
     println!(
         "Scrim gateway is up on {base} (admin http://127.0.0.1:{admin}), forwarding to {upstream}.
@@ -162,12 +183,16 @@ Claude Code:
 
 Every exchange is recorded in {db} (tamper-evident); for auditors:
   cargo run -q -p scrim-recorder -- --db {db} sessions list
+  cargo run -q -p scrim-recorder -- --db {db} replay <session-id>
   cargo run -q -p scrim-recorder -- --db {db} verify
+  AUDITOR=$(make -s token SUB=carol GROUPS=auditors | tail -n1)
+  curl -s http://127.0.0.1:{audit}/v1/sessions -H \"authorization: Bearer $AUDITOR\"
 
 Ctrl-C stops everything.",
         idp = dir.join("idp").display(),
         logs = dir.join("logs").display(),
         db = db.display(),
+        audit = audit_api_port,
     );
 }
 
