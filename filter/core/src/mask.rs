@@ -41,13 +41,21 @@ pub(crate) struct Span {
 }
 
 /// What may be emitted from a buffer: everything in `[seg_start, cut)` is final, and
-/// `spans` (sorted, disjoint, inside that range) are the secrets in it. Keyword occurrences
-/// from `rescan_from` on may still produce secrets at or after `cut`, so the next plan must
-/// look at them again.
-#[derive(Debug, Default)]
+/// the scratch's `spans` (sorted, disjoint, inside that range) are the secrets in it. Keyword
+/// occurrences from `rescan_from` on may still produce secrets at or after `cut`, so the next
+/// plan must look at them again.
+#[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Plan {
     pub(crate) cut: usize,
     pub(crate) rescan_from: usize,
+}
+
+/// Working memory of [`RuleSet::plan`], kept by a streaming masker so that a push allocates
+/// nothing but its output; `spans` holds the last plan's secrets.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    occurrences: Vec<(usize, u32)>,
+    candidates: Vec<Candidate>,
     pub(crate) spans: Vec<Span>,
 }
 
@@ -63,26 +71,27 @@ struct Candidate {
 impl RuleSet {
     /// Masks `text` in one go.
     pub fn mask<'a>(&self, text: &'a str) -> Masked<'a> {
-        let plan = self.plan(text, 0, 0, true);
-        if plan.spans.is_empty() {
+        let mut scratch = Scratch::default();
+        let plan = self.plan(text, 0, 0, true, &mut scratch);
+        if scratch.spans.is_empty() {
             return Masked { text: Cow::Borrowed(text), hits: Vec::new() };
         }
         let mut out = String::with_capacity(text.len());
-        self.render(text, 0, &plan, &mut out);
-        Masked { text: Cow::Owned(out), hits: self.count_hits(&plan.spans) }
+        self.render(text, 0, plan.cut, &scratch.spans, &mut out);
+        Masked { text: Cow::Owned(out), hits: self.count_hits(&scratch.spans) }
     }
 
-    /// Appends `hay[from..plan.cut]` to `out` with the plan's secrets replaced.
-    pub(crate) fn render(&self, hay: &str, from: usize, plan: &Plan, out: &mut String) {
+    /// Appends `hay[from..cut]` to `out` with the secrets `spans` replaced.
+    pub(crate) fn render(&self, hay: &str, from: usize, cut: usize, spans: &[Span], out: &mut String) {
         let mut at = from;
-        for span in &plan.spans {
+        for span in spans {
             out.push_str(&hay[at..span.start]);
             out.push_str(&self.placeholder.0);
             out.push_str(&self.rules[span.rule as usize].id);
             out.push_str(&self.placeholder.1);
             at = span.end;
         }
-        out.push_str(&hay[at..plan.cut]);
+        out.push_str(&hay[at..cut]);
     }
 
     pub(crate) fn count_hits(&self, spans: &[Span]) -> Vec<(String, usize)> {
@@ -106,41 +115,49 @@ impl RuleSet {
     /// complete yet, or a keyword still arriving at the end of the buffer (each minus its
     /// rule's `before`), and before a chosen secret that straddles that point. Candidates
     /// whose secret starts before `seg_start` were decided by an earlier plan: ignored.
-    pub(crate) fn plan(&self, hay: &str, scan_from: usize, seg_start: usize, finished: bool) -> Plan {
+    pub(crate) fn plan(
+        &self,
+        hay: &str,
+        scan_from: usize,
+        seg_start: usize,
+        finished: bool,
+        scratch: &mut Scratch,
+    ) -> Plan {
         let bytes = hay.as_bytes();
         let len = bytes.len();
         let mut limit = len;
         if !finished {
-            // A keyword may be arriving: its first bytes end the buffer.
-            let lo = len.saturating_sub(self.max_keyword_len.saturating_sub(1)).max(scan_from);
-            let tail = bytes[lo..].to_ascii_lowercase();
-            if let Some(i) = (0..tail.len()).find(|&i| self.keyword_prefixes.contains(&tail[i..])) {
-                limit = lo + i;
-            }
             // A rule whose secret precedes its keyword: the run of bytes that could be such
-            // a secret, before a keyword that may be arriving or not have started yet.
-            for &r in &self.before_rules {
+            // a secret, before a keyword that may be arriving (below) or not have started yet.
+            let before_run = |r: u32, i: usize| {
                 let rule = &self.rules[r as usize];
                 let class = rule.before_class.as_deref().expect("compiled with before_class");
-                let arriving = (0..tail.len())
-                    .filter(|&i| {
-                        let t = &tail[i..];
-                        rule.keywords.iter().any(|k| k.len() > t.len() && k.starts_with(t))
-                    })
-                    .map(|i| lo + i);
-                for i in arriving.chain([len]) {
-                    let run = bytes[..i]
-                        .iter()
-                        .rev()
-                        .take(rule.before)
-                        .take_while(|&&b| class[b as usize])
-                        .count();
-                    limit = limit.min(i - run);
+                i - bytes[..i].iter().rev().take(rule.before).take_while(|&&b| class[b as usize]).count()
+            };
+            // A keyword may be arriving: its first bytes end the buffer.
+            let lo = len.saturating_sub(self.max_keyword_len.saturating_sub(1)).max(scan_from);
+            let mut arriving = None;
+            for i in lo..len {
+                let Some(node) = self.keyword_trie.walk(&bytes[i..]) else { continue };
+                if arriving.is_none() && node.is_proper_prefix() {
+                    arriving = Some(i);
                 }
+                for &r in &node.before_rules {
+                    limit = limit.min(before_run(r, i));
+                }
+            }
+            if let Some(i) = arriving {
+                limit = limit.min(i);
+            }
+            for &r in &self.before_rules {
+                limit = limit.min(before_run(r, len));
             }
         }
 
-        let mut occurrences: Vec<(usize, u32)> = Vec::new();
+        let Scratch { occurrences, candidates, spans } = scratch;
+        occurrences.clear();
+        candidates.clear();
+        spans.clear();
         if scan_from < len {
             let input = Input::new(bytes).span(scan_from..len);
             let mut state = aho_corasick::automaton::OverlappingState::start();
@@ -155,17 +172,14 @@ impl RuleSet {
         occurrences.sort_unstable();
         occurrences.dedup();
 
-        let mut candidates: Vec<Candidate> = Vec::new();
         let mut rescan_from = usize::MAX;
-        for &(s, r) in &occurrences {
+        for &(s, r) in occurrences.iter() {
             let rule = &self.rules[r as usize];
             let win_start = s.saturating_sub(rule.before);
             let cap = s + rule.max_len;
             let scan_end = cap.min(len);
             let stop = if rule.multiline {
-                rule.end_marker.as_ref().and_then(|m| {
-                    find_bytes(&bytes[s..scan_end], m).map(|p| s + p + m.len())
-                })
+                rule.end_finder.as_ref().and_then(|f| f.find(&bytes[s..scan_end]).map(|m| s + m.end()))
             } else {
                 bytes[s..scan_end].iter().position(|&b| b == b'\n').map(|p| s + p)
             };
@@ -196,9 +210,8 @@ impl RuleSet {
         let limit = floor_char(hay, limit.max(seg_start));
 
         candidates.sort_unstable_by_key(|c| (c.start, std::cmp::Reverse(c.end), c.rule));
-        let mut spans: Vec<Span> = Vec::new();
         let mut last_end = seg_start;
-        for c in &candidates {
+        for c in candidates.iter() {
             if c.start >= limit {
                 break;
             }
@@ -215,12 +228,12 @@ impl RuleSet {
                 spans.pop();
             }
         }
-        for c in &candidates {
+        for c in candidates.iter() {
             if c.start >= cut {
                 rescan_from = rescan_from.min(c.occurrence);
             }
         }
-        Plan { cut, rescan_from: rescan_from.min(cut), spans }
+        Plan { cut, rescan_from: rescan_from.min(cut) }
     }
 
     /// The candidate secret of rule `r` for the keyword occurrence at `s`, if any.

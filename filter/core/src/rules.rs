@@ -159,11 +159,11 @@ pub(crate) struct Rule {
     pub(crate) before: usize,
     /// Bytes that may lie between the secret start and the keyword (rules with `before`).
     pub(crate) before_class: Option<Box<[bool; 256]>>,
-    /// Lowercase keywords of the rule (used for rules with `before`).
-    pub(crate) keywords: Vec<Vec<u8>>,
     pub(crate) max_len: usize,
     pub(crate) multiline: bool,
-    pub(crate) end_marker: Option<Vec<u8>>,
+    /// Finds the rule's `end_marker` (a memmem search: an open window is searched again on
+    /// every push).
+    pub(crate) end_finder: Option<AhoCorasick>,
     /// Built on first use by [`Rule::open_window_dfa`].
     open_window_dfa: OnceLock<Option<OpenWindowDfa>>,
 }
@@ -217,9 +217,9 @@ pub struct RuleSet {
     pub(crate) keywords: AhoCorasick,
     /// Keyword pattern id → indices of the rules that list it.
     pub(crate) keyword_rules: Vec<Vec<u32>>,
-    /// Every proper prefix of every keyword (lowercase): a keyword may be arriving when the
-    /// buffered text ends with one.
-    pub(crate) keyword_prefixes: HashSet<Vec<u8>>,
+    /// Every keyword (lowercase): a keyword may be arriving when the buffered text ends with
+    /// a proper prefix of one.
+    pub(crate) keyword_trie: KeywordTrie,
     /// Indices of the rules with `before > 0`.
     pub(crate) before_rules: Vec<u32>,
     pub(crate) max_keyword_len: usize,
@@ -280,6 +280,77 @@ impl RuleSet {
     }
 }
 
+/// The keywords as a byte trie, for the one question the streaming masker asks on every
+/// push: could the last bytes of the text be the start of a keyword still arriving? A walk
+/// from each of the last few positions usually stops at its first byte, where a set of
+/// prefixes would hash every suffix.
+#[derive(Debug)]
+pub(crate) struct KeywordTrie {
+    /// The node of each one-byte prefix (index + 1; 0: no keyword starts with that byte).
+    root: Box<[u32; 256]>,
+    nodes: Vec<TrieNode>,
+}
+
+/// The node of one prefix of a keyword.
+#[derive(Debug, Default)]
+pub(crate) struct TrieNode {
+    /// Next byte and its node, for the keywords that continue past this prefix.
+    edges: Vec<(u8, u32)>,
+    /// Rules with `before` having a keyword that continues past this prefix.
+    pub(crate) before_rules: Vec<u32>,
+}
+
+impl TrieNode {
+    /// A keyword is longer than this prefix and starts with it.
+    pub(crate) fn is_proper_prefix(&self) -> bool {
+        !self.edges.is_empty()
+    }
+}
+
+impl KeywordTrie {
+    fn new() -> Self {
+        KeywordTrie { root: Box::new([0; 256]), nodes: Vec::new() }
+    }
+
+    /// Adds a lowercase keyword of rule `before_rule` (given for rules with `before` only).
+    fn insert(&mut self, kw: &[u8], before_rule: Option<u32>) {
+        let Some((&first, rest)) = kw.split_first() else { return };
+        if self.root[first as usize] == 0 {
+            self.nodes.push(TrieNode::default());
+            self.root[first as usize] = self.nodes.len() as u32;
+        }
+        let mut n = self.root[first as usize] as usize - 1;
+        for &b in rest {
+            if let Some(r) = before_rule {
+                if !self.nodes[n].before_rules.contains(&r) {
+                    self.nodes[n].before_rules.push(r);
+                }
+            }
+            n = match self.nodes[n].edges.iter().find(|e| e.0 == b) {
+                Some(&(_, next)) => next as usize,
+                None => {
+                    self.nodes.push(TrieNode::default());
+                    let next = self.nodes.len() - 1;
+                    self.nodes[n].edges.push((b, next as u32));
+                    next
+                }
+            };
+        }
+    }
+
+    /// The node of `text` (compared ASCII-case-insensitively) if it is a prefix of a
+    /// keyword, a whole keyword included.
+    pub(crate) fn walk(&self, text: &[u8]) -> Option<&TrieNode> {
+        let (&first, rest) = text.split_first()?;
+        let mut n = (self.root[first.to_ascii_lowercase() as usize] as usize).checked_sub(1)?;
+        for &b in rest {
+            let b = b.to_ascii_lowercase();
+            n = self.nodes[n].edges.iter().find(|e| e.0 == b)?.1 as usize;
+        }
+        Some(&self.nodes[n])
+    }
+}
+
 /// Parses the embedded built-in rules file.
 pub fn builtin_raw_rules() -> Result<Vec<RawRule>, RuleError> {
     parse_rules_toml(BUILTIN_TOML)
@@ -311,7 +382,7 @@ pub fn compile_rules(
     let mut keyword_ids: HashMap<String, usize> = HashMap::new();
     let mut keyword_list: Vec<String> = Vec::new();
     let mut keyword_rules: Vec<Vec<u32>> = Vec::new();
-    let mut keyword_prefixes: HashSet<Vec<u8>> = HashSet::new();
+    let mut keyword_trie = KeywordTrie::new();
     for raw in raws {
         if !seen.insert(raw.id.clone()) {
             return Err(RuleError::DuplicateId { rule: raw.id.clone() });
@@ -327,9 +398,7 @@ pub fn compile_rules(
             if !keyword_rules[id].contains(&index) {
                 keyword_rules[id].push(index);
             }
-            for n in 1..kw.len() {
-                keyword_prefixes.insert(kw.as_bytes()[..n].to_vec());
-            }
+            keyword_trie.insert(kw.as_bytes(), (raw.before > 0).then_some(index));
         }
         rules.push(rule);
     }
@@ -346,7 +415,7 @@ pub fn compile_rules(
         rules,
         keywords,
         keyword_rules,
-        keyword_prefixes,
+        keyword_trie,
         placeholder: split_placeholder(DEFAULT_PLACEHOLDER),
     })
 }
@@ -434,10 +503,14 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
         allowlist,
         before: raw.before,
         before_class,
-        keywords: raw.keywords.iter().map(|k| k.as_bytes().to_vec()).collect(),
         max_len,
         multiline: raw.multiline,
-        end_marker: raw.end_marker.as_ref().map(|m| m.as_bytes().to_vec()),
+        end_finder: raw
+            .end_marker
+            .as_ref()
+            .map(|m| AhoCorasick::new([m]))
+            .transpose()
+            .map_err(|e| bad("end_marker", e.to_string()))?,
         open_window_dfa: OnceLock::new(),
     })
 }

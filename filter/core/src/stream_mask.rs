@@ -29,7 +29,7 @@
 //! [`StreamMasker::held`] never exceeds; a block longer than its window is masked up to the
 //! window's end (the same in one-shot masking).
 
-use crate::mask::floor_char;
+use crate::mask::{floor_char, Scratch};
 use crate::rules::RuleSet;
 use crate::rules::{OpenWindowDfa, Rule};
 use regex_automata::{Anchored, Input};
@@ -85,13 +85,16 @@ pub struct StreamMasker {
     seg: usize,
     /// Keyword occurrences before this offset in `buf` are fully decided.
     scan_from: usize,
+    /// Secrets masked so far, by rule index.
     hits: Vec<usize>,
+    /// Reused by every plan.
+    scratch: Scratch,
 }
 
 impl StreamMasker {
     pub fn new(rules: Arc<RuleSet>) -> StreamMasker {
         let n = rules.len();
-        StreamMasker { rules, buf: String::new(), seg: 0, scan_from: 0, hits: vec![0; n] }
+        StreamMasker { rules, buf: String::new(), seg: 0, scan_from: 0, hits: vec![0; n], scratch: Scratch::default() }
     }
 
     /// Adds `chunk`; returns the masked text that is final now (possibly empty).
@@ -126,10 +129,10 @@ impl StreamMasker {
     }
 
     fn step(&mut self, finished: bool) -> String {
-        let plan = self.rules.plan(&self.buf, self.scan_from, self.seg, finished);
+        let plan = self.rules.plan(&self.buf, self.scan_from, self.seg, finished, &mut self.scratch);
         let mut out = String::with_capacity(plan.cut - self.seg);
-        self.rules.render(&self.buf, self.seg, &plan, &mut out);
-        for s in &plan.spans {
+        self.rules.render(&self.buf, self.seg, plan.cut, &self.scratch.spans, &mut out);
+        for s in &self.scratch.spans {
             self.hits[s.rule as usize] += 1;
         }
         // Keep what the next plan reads: occurrences from `rescan_from`, each window reaching
