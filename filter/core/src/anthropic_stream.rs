@@ -37,8 +37,10 @@ use crate::anthropic::{encode_into, encode_string, rewrite_strings, Tally, P};
 use crate::rules::RuleSet;
 use crate::sse::{Event, SseFramer};
 use crate::stream_mask::StreamMasker;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -219,6 +221,11 @@ impl StreamRewriter {
         if self.shape == Shape::OpenAiChat {
             return self.openai_event(ev, data, out);
         }
+        if let Ok(head) = serde_json::from_str::<Head>(data) {
+            if let Some(done) = self.head_event(ev, data, &head, out) {
+                return done;
+            }
+        }
         let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.clone(), reason };
         let v: Value = serde_json::from_str(data).map_err(|e| invalid(e.to_string()))?;
         let index = || v.get("index").and_then(Value::as_u64).ok_or_else(|| invalid("no index".into()));
@@ -290,6 +297,81 @@ impl StreamRewriter {
             _ => out.extend_from_slice(&ev.raw),
         }
         Ok(())
+    }
+
+    /// [`Self::event`] for the events [`Head`] holds all that is needed of: exactly what the
+    /// `Value` path does with them, without building the value. `None` for a
+    /// `content_block_start` (rare, and it needs the whole value): the caller goes on.
+    fn head_event(&mut self, ev: &Event, data: &str, head: &Head, out: &mut Vec<u8>) -> Option<Result<(), StreamError>> {
+        let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.clone(), reason };
+        let index = || head.index.ok_or_else(|| invalid("no index".into()));
+        match head.kind.as_deref() {
+            Some("content_block_delta") => {
+                let delta = head.delta.as_ref();
+                let kind = match delta.and_then(|d| d.kind.as_deref()) {
+                    Some("text_delta") => Kind::Text,
+                    Some("thinking_delta") if self.thinking == ThinkingMode::Mask => Kind::Thinking,
+                    Some("input_json_delta") => Kind::Json,
+                    _ => {
+                        out.extend_from_slice(&ev.raw);
+                        return Some(Ok(()));
+                    }
+                };
+                let index = match index() {
+                    Ok(index) => index,
+                    Err(e) => return Some(Err(e)),
+                };
+                let piece = delta.and_then(|d| match kind {
+                    Kind::Text => d.text.as_deref(),
+                    Kind::Thinking => d.thinking.as_deref(),
+                    Kind::Json => d.partial_json.as_deref(),
+                });
+                let Some(piece) = piece else {
+                    return Some(Err(invalid(format!("no {} string", kind.field()))));
+                };
+                let new = match self.push_text(index, kind, piece) {
+                    Ok(new) => new,
+                    Err(e) => return Some(Err(e)),
+                };
+                if new == piece {
+                    out.extend_from_slice(&ev.raw);
+                } else if !new.is_empty() {
+                    match delta_string_span(data, kind.field()) {
+                        // The one string `replace_and_write` would replace: spliced directly.
+                        Some((a, b)) => {
+                            let mut token = String::with_capacity(new.len() + 2);
+                            token.push('"');
+                            encode_into(&new, &mut token);
+                            token.push('"');
+                            write_event_parts(ev, [&data[..a], &token, &data[b..]], out);
+                        }
+                        None => {
+                            let path = [P::Key("delta".into()), P::Key(kind.field().into())];
+                            if let Err(reason) = replace_and_write(ev, data, &path, &new, out) {
+                                return Some(Err(invalid(reason)));
+                            }
+                        }
+                    }
+                }
+            }
+            Some("content_block_start") => return None,
+            Some("content_block_stop") => {
+                let index = match index() {
+                    Ok(index) => index,
+                    Err(e) => return Some(Err(e)),
+                };
+                if let Some(block) = self.blocks.remove(&index) {
+                    self.flush_block(index, block, out);
+                }
+                out.extend_from_slice(&ev.raw);
+            }
+            Some("message_stop" | "error") => {
+                self.flush_all(out);
+                out.extend_from_slice(&ev.raw);
+            }
+            _ => out.extend_from_slice(&ev.raw),
+        }
+        Some(Ok(()))
     }
 
     /// A `content_block_start` whose block may already carry text: that text is the start
@@ -509,19 +591,313 @@ fn replace_and_write(ev: &Event, data: &str, path: &[P], new: &str, out: &mut Ve
 
 /// Serialises an event with new data, keeping its `event` and `id` fields and line ending.
 fn write_event(ev: &Event, data: &str, out: &mut Vec<u8>) {
-    let eol = line_ending(&ev.raw);
-    let mut s = String::with_capacity(data.len() + 64);
-    for (name, value) in [("event", &ev.event), ("id", &ev.id)] {
+    write_event_parts(ev, [data, "", ""], out)
+}
+
+/// [`write_event`] with the data given as consecutive parts (no copy to join them first).
+fn write_event_parts(ev: &Event, data: [&str; 3], out: &mut Vec<u8>) {
+    let eol = line_ending(&ev.raw).as_bytes();
+    for (name, value) in [(&b"event: "[..], &ev.event), (b"id: ", &ev.id)] {
         if let Some(value) = value {
-            s.push_str(&format!("{name}: {value}{eol}"));
+            out.extend_from_slice(name);
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(eol);
         }
     }
     // Data joined from several `data:` lines contains `\n` (JSON whitespace): one line each.
-    for line in data.split('\n') {
-        s.push_str(&format!("data: {line}{eol}"));
+    out.extend_from_slice(b"data: ");
+    for part in data {
+        let mut lines = part.split('\n');
+        out.extend_from_slice(lines.next().unwrap_or("").as_bytes());
+        for line in lines {
+            out.extend_from_slice(eol);
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line.as_bytes());
+        }
     }
-    s.push_str(eol);
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(eol);
+    out.extend_from_slice(eol);
+}
+
+/// What the rewriter reads of an Anthropic event's data: `type`, `index` and the `delta`'s
+/// `type` and text fields, borrowed from the data where they have no escapes. Everything
+/// else is checked to be JSON exactly as parsing a `serde_json::Value` would (the same
+/// `deserialize_any` path, nesting limit included) but not kept: the allocations of a
+/// `Value` per 48-byte delta were most of a stream's cost. Anything this shape cannot hold
+/// exactly as the `Value` path would read it (a field of another type, a repeated field,
+/// data that is not an object) fails to parse, and the caller takes the `Value` path.
+#[derive(Debug, Default)]
+struct Head<'a> {
+    kind: Option<Cow<'a, str>>,
+    index: Option<u64>,
+    delta: Option<DeltaHead<'a>>,
+}
+
+#[derive(Debug, Default)]
+struct DeltaHead<'a> {
+    kind: Option<Cow<'a, str>>,
+    text: Option<Cow<'a, str>>,
+    thinking: Option<Cow<'a, str>>,
+    partial_json: Option<Cow<'a, str>>,
+}
+
+/// Sets a field once: a repeated key fails the parse (a `Value` keeps the last one; the
+/// fallback path then does exactly that).
+fn set_once<T, E: de::Error>(slot: &mut Option<T>, seen: &mut bool, value: Option<T>) -> Result<(), E> {
+    if std::mem::replace(seen, true) {
+        return Err(E::custom("repeated field"));
+    }
+    *slot = value;
+    Ok(())
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Head<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Head<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Head<'a>, A::Error> {
+                let mut head = Head::default();
+                let mut seen = [false; 3];
+                while let Some(key) = map.next_key::<Str>()? {
+                    match &*key.0 {
+                        "type" => set_once(&mut head.kind, &mut seen[0], map.next_value::<Option<Str>>()?.map(|s| s.0))?,
+                        "index" => set_once(&mut head.index, &mut seen[1], map.next_value::<Option<u64>>()?)?,
+                        "delta" => set_once(&mut head.delta, &mut seen[2], map.next_value::<Option<DeltaHead>>()?)?,
+                        _ => map.next_value::<Skip>().map(drop)?,
+                    }
+                }
+                Ok(head)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for DeltaHead<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = DeltaHead<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a delta object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DeltaHead<'a>, A::Error> {
+                let mut delta = DeltaHead::default();
+                let mut seen = [false; 4];
+                while let Some(key) = map.next_key::<Str>()? {
+                    let (slot, seen) = match &*key.0 {
+                        "type" => (&mut delta.kind, &mut seen[0]),
+                        "text" => (&mut delta.text, &mut seen[1]),
+                        "thinking" => (&mut delta.thinking, &mut seen[2]),
+                        "partial_json" => (&mut delta.partial_json, &mut seen[3]),
+                        _ => {
+                            map.next_value::<Skip>()?;
+                            continue;
+                        }
+                    };
+                    set_once(slot, seen, map.next_value::<Option<Str>>()?.map(|s| s.0))?;
+                }
+                Ok(delta)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// Any JSON value, checked through `deserialize_any` (as a `Value` is) and dropped.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Skip;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_unit<E>(self) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_none<E>(self) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Skip, D::Error> {
+                Skip::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+                while seq.next_element::<Skip>()?.is_some() {}
+                Ok(Skip)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+                while map.next_key::<Skip>()?.is_some() {
+                    map.next_value::<Skip>()?;
+                }
+                Ok(Skip)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The byte range (quotes included) of the string at `delta.<field>` in `data`, valid JSON
+/// already parsed as a [`Head`], if exactly one string sits at that path: the token
+/// [`replace_and_write`] would replace, found without building paths.
+fn delta_string_span(data: &str, field: &str) -> Option<(usize, usize)> {
+    let b = data.as_bytes();
+    let mut found = None;
+    let mut count = 0;
+    let mut at = ws(b, 0);
+    if b.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = ws(b, at + 1);
+    if b.get(at) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        let (k0, k1) = string_token(b, at)?;
+        at = ws(b, ws(b, k1) + 1); // past `:`
+        if key_is(&data[k0..k1], "delta") && b.get(at) == Some(&b'{') {
+            at = ws(b, at + 1);
+            if b.get(at) != Some(&b'}') {
+                loop {
+                    let (f0, f1) = string_token(b, at)?;
+                    at = ws(b, ws(b, f1) + 1);
+                    if key_is(&data[f0..f1], field) && b.get(at) == Some(&b'"') {
+                        let (v0, v1) = string_token(b, at)?;
+                        found = Some((v0, v1));
+                        count += 1;
+                        at = v1;
+                    } else {
+                        at = skip_value(b, at)?;
+                    }
+                    at = ws(b, at);
+                    match b.get(at)? {
+                        b',' => at = ws(b, at + 1),
+                        _ => break,
+                    }
+                }
+            }
+            at += 1; // `}`
+        } else {
+            at = skip_value(b, at)?;
+        }
+        at = ws(b, at);
+        match b.get(at)? {
+            b',' => at = ws(b, at + 1),
+            _ => break,
+        }
+    }
+    (count == 1).then_some(found).flatten()
+}
+
+fn ws(b: &[u8], mut at: usize) -> usize {
+    while at < b.len() && matches!(b[at], b' ' | b'\t' | b'\n' | b'\r') {
+        at += 1;
+    }
+    at
+}
+
+/// The string token starting at `at` (a `"`): its range, quotes included.
+fn string_token(b: &[u8], at: usize) -> Option<(usize, usize)> {
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut i = at + 1;
+    while i < b.len() {
+        match b[i] {
+            b'"' => return Some((at, i + 1)),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Whether the key token `token` (quotes included) decodes to `name`.
+fn key_is(token: &str, name: &str) -> bool {
+    if token.contains('\\') {
+        serde_json::from_str::<String>(token).is_ok_and(|k| k == name)
+    } else {
+        &token[1..token.len() - 1] == name
+    }
+}
+
+/// The end of the (valid) JSON value starting at `at`.
+fn skip_value(b: &[u8], at: usize) -> Option<usize> {
+    match b.get(at)? {
+        b'"' => string_token(b, at).map(|(_, end)| end),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            while i < b.len() {
+                match b[i] {
+                    b'"' => i = string_token(b, i)?.1,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        i += 1;
+                    }
+                    b'}' | b']' => {
+                        depth -= 1;
+                        i += 1;
+                        if depth == 0 {
+                            return Some(i);
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        _ => {
+            let mut i = at;
+            while i < b.len() && !matches!(b[i], b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r') {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
 }
 
 /// Where the lexer is inside a JSON string's escape sequence.
