@@ -106,6 +106,8 @@ pub struct StreamRewriter {
     /// Line ending of the last event, used for the deltas that release held text.
     eol: &'static str,
     failed: bool,
+    /// Read events through [`Head`] where it can (always, but for a test comparing the paths).
+    head_path: bool,
 }
 
 /// Which API's stream this is.
@@ -161,6 +163,7 @@ impl StreamRewriter {
             tally: Tally::default(),
             eol: "\n",
             failed: false,
+            head_path: true,
         }
     }
 
@@ -221,7 +224,7 @@ impl StreamRewriter {
         if self.shape == Shape::OpenAiChat {
             return self.openai_event(ev, data, out);
         }
-        if let Ok(head) = serde_json::from_str::<Head>(data) {
+        if let Some(head) = self.head_path.then(|| serde_json::from_str::<Head>(data).ok()).flatten() {
             if let Some(done) = self.head_event(ev, data, &head, out) {
                 return done;
             }
@@ -1080,6 +1083,47 @@ mod tests {
         assert_eq!(input["command"], "export K=\"[REDACTED:anthropic-api-key]\"\n echo é🎉 é \\ /");
         assert_eq!(input["kA [REDACTED:aws-access-key-id]"], "v");
         assert_eq!(hits, vec![("anthropic-api-key".to_string(), 1), ("aws-access-key-id".to_string(), 1)]);
+    }
+
+    #[test]
+    fn awkward_events_give_the_same_bytes_through_the_head_as_through_a_value() {
+        let key = aws();
+        let deep = format!("{}1{}", "[".repeat(130), "]".repeat(130));
+        let datas = [
+            format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"id {}"}}}}"#, &key[..9]),
+            format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","t\u0065xt":"{}"}}}}"#, &key[9..]),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x","text":"y token"}}"#.into(),
+            r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"a"},"delta":{"type":"text_delta","text":"b key"},"index":0}"#.into(),
+            r#"{ "index" : 0 , "delta" : { "text" : "sp\"aced\n", "type" : "text_delta" } , "type" : "content_block_delta" }"#.into(),
+            r#"{"type":"content_block_delta","index":0,"delta":["text_delta","x"]}"#.into(),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"n","extra":[1,{"a":null}],"n":1e400}}"#.into(),
+            format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"d"}},"x":{deep}}}"#),
+            r#"{"type":"content_block_delta","index":0.0,"delta":{"type":"text_delta","text":"f"}}"#.into(),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":5}}"#.into(),
+            r#"{"type":5,"index":0}"#.into(),
+            r#"{"type":"content_block_stop","index":0}"#.into(),
+            r#"{"type":"message_stop"}"#.into(),
+            // Several `data:` lines (JSON whitespace between them).
+            "{\"type\":\"content_block_delta\",\n\"index\":0,\n\"delta\":{\"type\":\"text_delta\",\"text\":\"multi secret\"}\n}".into(),
+        ];
+        for (i, data) in datas.iter().enumerate() {
+            // Each awkward event after a delta that left text held, then a plain one.
+            let prefix = format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"the api_token = {}"}}}}"#, &key[..6]);
+            let input = [prefix.as_str(), data, r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" end"}}"#]
+                .iter()
+                .map(|d| format!("event: content_block_delta\r\ndata: {}\r\n\r\n", d.replace('\n', "\r\ndata: ")))
+                .collect::<String>();
+            let run = |head_path: bool| {
+                let mut r = StreamRewriter::new(builtin(), ThinkingMode::Mask);
+                r.head_path = head_path;
+                let out = r.push(input.as_bytes()).and_then(|mut out| {
+                    out.extend(r.finish()?);
+                    Ok(out)
+                });
+                (out, r.hits())
+            };
+            assert_eq!(run(true), run(false), "event {i}: {data}");
+        }
     }
 
     #[test]
