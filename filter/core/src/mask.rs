@@ -52,11 +52,39 @@ pub(crate) struct Plan {
 
 /// Working memory of [`RuleSet::plan`], kept by a streaming masker so that a push allocates
 /// nothing but its output; `spans` holds the last plan's secrets.
+///
+/// It also remembers the keyword occurrences found so far: every occurrence in the buffer
+/// that starts at or after `scanned_from` and ends at or before `scanned_to`. While a window
+/// stays open (a private-key block is held up to 16 KiB), each push would otherwise scan the
+/// whole held text for keywords again; with this, only the new bytes (and the few before
+/// them that a keyword may straddle) are scanned.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     occurrences: Vec<(usize, u32)>,
+    scanned_from: usize,
+    scanned_to: usize,
     candidates: Vec<Candidate>,
     pub(crate) spans: Vec<Span>,
+}
+
+impl Scratch {
+    /// The buffer lost its first `drained` bytes, and occurrences before `decided` (offset
+    /// before the drain) will not be looked at again.
+    pub(crate) fn rebase(&mut self, drained: usize, decided: usize, len_after: usize) {
+        self.occurrences.retain(|&(s, _)| s >= decided);
+        for o in &mut self.occurrences {
+            o.0 -= drained;
+        }
+        self.scanned_from = decided - drained;
+        self.scanned_to = len_after;
+    }
+
+    /// The buffer starts over: nothing is known of it.
+    pub(crate) fn forget(&mut self) {
+        self.occurrences.clear();
+        self.scanned_from = 0;
+        self.scanned_to = 0;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,16 +182,27 @@ impl RuleSet {
             }
         }
 
-        let Scratch { occurrences, candidates, spans } = scratch;
-        occurrences.clear();
+        let Scratch { occurrences, scanned_from, scanned_to, candidates, spans } = scratch;
         candidates.clear();
         spans.clear();
-        if scan_from < len {
-            let input = Input::new(bytes).span(scan_from..len);
+        // Occurrences already found (see `Scratch`): only those ending after `scanned_to`
+        // are new, and they start at most a keyword's length before it.
+        if scan_from < *scanned_from || *scanned_to > len {
+            occurrences.clear();
+            *scanned_to = 0;
+        }
+        occurrences.retain(|&(s, _)| s >= scan_from);
+        let known_to = *scanned_to;
+        let from = scan_from.max((known_to + 1).saturating_sub(self.max_keyword_len));
+        if from < len {
+            let input = Input::new(bytes).span(from..len);
             let mut state = aho_corasick::automaton::OverlappingState::start();
             loop {
                 self.keywords.find_overlapping(input.clone(), &mut state);
                 let Some(m) = state.get_match() else { break };
+                if m.end() <= known_to {
+                    continue;
+                }
                 for &rule in &self.keyword_rules[m.pattern().as_usize()] {
                     occurrences.push((m.start(), rule));
                 }
@@ -171,6 +210,7 @@ impl RuleSet {
         }
         occurrences.sort_unstable();
         occurrences.dedup();
+        (*scanned_from, *scanned_to) = (scan_from, len);
 
         let mut rescan_from = usize::MAX;
         for &(s, r) in occurrences.iter() {

@@ -110,6 +110,7 @@ impl StreamMasker {
         self.buf.clear();
         self.seg = 0;
         self.scan_from = 0;
+        self.scratch.forget();
         out
     }
 
@@ -140,6 +141,7 @@ impl StreamMasker {
         let keep = plan.rescan_from.saturating_sub(self.rules.max_before + 1);
         let keep = floor_char(&self.buf, keep);
         self.buf.drain(..keep);
+        self.scratch.rebase(keep, plan.rescan_from, self.buf.len());
         self.seg = plan.cut - keep;
         self.scan_from = plan.rescan_from - keep;
         out
