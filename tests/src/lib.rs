@@ -7,6 +7,7 @@
 //!   every request and can hold a stream open mid-response.
 //! - [`envoy`]: renders `envoy/dev.yaml.tmpl` and runs a real Envoy with the filter.
 //! - [`recorder`]: the recorder service in-process on loopback, with queries for tests.
+//! - [`fake`]: synthetic secrets generated at test time.
 //! - [`stack`]: all of the above started together on loopback, for tests and `make run`.
 //! - [`paths`]: where the tools and build outputs are.
 //! - [`tls_front`]: an https upstream with a test CA, for the upstream TLS tests.
@@ -20,3 +21,4 @@ pub mod paths;
 pub mod stack;
 pub mod tls_front;
 pub mod recorder;
+pub mod fake;

@@ -2,28 +2,18 @@
 //! secrets arrive split across SSE deltas and network writes, whole JSON bodies, requests,
 //! and the refusals that keep unreadable bodies from passing unmasked.
 
-use scrim_devstack::stack::{rand_u64, Stack, StackOptions};
+use scrim_devstack::fake;
+use scrim_devstack::stack::{Stack, StackOptions};
 use scrim_devstack::stand_in::ScriptedReply;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// A synthetic, format-valid AWS access key id, new every run.
 fn fake_aws_key_id() -> String {
-    const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut n = rand_u64();
-    let mut s = String::from("AKIA");
-    for _ in 0..16 {
-        s.push(B32[(n % 32) as usize] as char);
-        n = n / 32 ^ rand_u64().rotate_left(7);
-    }
-    s
+    fake::aws_access_key_id()
 }
 
-/// A synthetic, format-valid Anthropic key, new every run.
 fn fake_anthropic_key() -> String {
-    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let body: String = (0..64).map(|_| ALNUM[(rand_u64() % 62) as usize] as char).collect();
-    format!("sk-ant-api03-{body}AA")
+    fake::anthropic_api_key()
 }
 
 async fn start(name: &'static str) -> Stack {

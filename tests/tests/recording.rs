@@ -9,9 +9,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn fake_aws_key_id() -> String {
-    const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let tail: String = (0..16).map(|_| B32[(rand_u64() % 32) as usize] as char).collect();
-    format!("AKIA{tail}")
+    scrim_devstack::fake::aws_access_key_id()
 }
 
 fn request_id() -> String {
