@@ -288,6 +288,9 @@ impl RuleSet {
 pub(crate) struct KeywordTrie {
     /// The node of each one-byte prefix (index + 1; 0: no keyword starts with that byte).
     root: Box<[u32; 256]>,
+    /// Bit `a << 8 | b` is set when some keyword starts with the bytes `a b`: in text most
+    /// positions that pass `root` fail here, without scanning a node's edges.
+    pairs: Box<[u64; 1024]>,
     nodes: Vec<TrieNode>,
 }
 
@@ -309,12 +312,16 @@ impl TrieNode {
 
 impl KeywordTrie {
     fn new() -> Self {
-        KeywordTrie { root: Box::new([0; 256]), nodes: Vec::new() }
+        KeywordTrie { root: Box::new([0; 256]), pairs: Box::new([0; 1024]), nodes: Vec::new() }
     }
 
     /// Adds a lowercase keyword of rule `before_rule` (given for rules with `before` only).
     fn insert(&mut self, kw: &[u8], before_rule: Option<u32>) {
         let Some((&first, rest)) = kw.split_first() else { return };
+        if let Some(&second) = rest.first() {
+            let pair = (first as usize) << 8 | second as usize;
+            self.pairs[pair / 64] |= 1 << (pair % 64);
+        }
         if self.root[first as usize] == 0 {
             self.nodes.push(TrieNode::default());
             self.root[first as usize] = self.nodes.len() as u32;
@@ -342,7 +349,14 @@ impl KeywordTrie {
     /// keyword, a whole keyword included.
     pub(crate) fn walk(&self, text: &[u8]) -> Option<&TrieNode> {
         let (&first, rest) = text.split_first()?;
-        let mut n = (self.root[first.to_ascii_lowercase() as usize] as usize).checked_sub(1)?;
+        let first = first.to_ascii_lowercase();
+        if let Some(&second) = rest.first() {
+            let pair = (first as usize) << 8 | second.to_ascii_lowercase() as usize;
+            if self.pairs[pair / 64] & 1 << (pair % 64) == 0 {
+                return None;
+            }
+        }
+        let mut n = (self.root[first as usize] as usize).checked_sub(1)?;
         for &b in rest {
             let b = b.to_ascii_lowercase();
             n = self.nodes[n].edges.iter().find(|e| e.0 == b)?.1 as usize;
