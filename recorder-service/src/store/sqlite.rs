@@ -182,6 +182,22 @@ fn filter_sql(filter: &ExchangeFilter) -> (String, Vec<SqlValue>) {
 }
 
 /// Distinct names from `json_group_array(DISTINCT x)`, sorted, without nulls.
+/// One session summary from a row of the two listing queries, which select the same columns
+/// in the same order.
+fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
+    Ok(SessionSummary {
+        session_id: r.get(0)?,
+        subjects: json_strings(r.get(1)?),
+        exchanges: r.get::<_, i64>(2)? as u64,
+        refused: r.get::<_, i64>(3)? as u64,
+        first_ms: r.get(4)?,
+        last_ms: r.get(5)?,
+        input_tokens: r.get::<_, i64>(6)? as u64,
+        output_tokens: r.get::<_, i64>(7)? as u64,
+        models: json_strings(r.get(8)?),
+    })
+}
+
 fn json_strings(json: String) -> Vec<String> {
     let mut v: Vec<String> = serde_json::from_str::<Vec<Option<String>>>(&json)
         .unwrap_or_default()
@@ -256,28 +272,7 @@ impl Store for SqliteStore {
              LIMIT ?2",
         )?;
         let limit = query.limit.map(|l| l as i64).unwrap_or(-1);
-        let strings = |json: String| -> Vec<String> {
-            let mut v: Vec<String> = serde_json::from_str::<Vec<Option<String>>>(&json)
-                .unwrap_or_default()
-                .into_iter()
-                .flatten()
-                .collect();
-            v.sort();
-            v
-        };
-        let rows = stmt.query_map(params![query.subject, limit], |r| {
-            Ok(SessionSummary {
-                session_id: r.get(0)?,
-                subjects: strings(r.get(1)?),
-                exchanges: r.get::<_, i64>(2)? as u64,
-                refused: r.get::<_, i64>(3)? as u64,
-                first_ms: r.get(4)?,
-                last_ms: r.get(5)?,
-                input_tokens: r.get::<_, i64>(6)? as u64,
-                output_tokens: r.get::<_, i64>(7)? as u64,
-                models: strings(r.get(8)?),
-            })
-        })?;
+        let rows = stmt.query_map(params![query.subject, limit], summary_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -437,19 +432,7 @@ impl Store for SqliteStore {
             args.len()
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args), |r| {
-            Ok(SessionSummary {
-                session_id: r.get(0)?,
-                subjects: json_strings(r.get(1)?),
-                exchanges: r.get::<_, i64>(2)? as u64,
-                refused: r.get::<_, i64>(3)? as u64,
-                first_ms: r.get(4)?,
-                last_ms: r.get(5)?,
-                input_tokens: r.get::<_, i64>(6)? as u64,
-                output_tokens: r.get::<_, i64>(7)? as u64,
-                models: json_strings(r.get(8)?),
-            })
-        })?;
+        let rows = stmt.query_map(params_from_iter(args), summary_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
