@@ -53,7 +53,7 @@ token: ## print a dev token: make token SUB=alice GROUPS=eng (last line: the JWT
 	@cargo run --locked -q -p scrim-devstack --bin scrim-dev -- token --sub "$(SUB)" --groups "$(GROUPS)"
 
 test: wasm test-tools ## run unit tests and the end-to-end tests against a real Envoy
-	cargo test --locked --workspace
+	cargo test --locked --workspace --no-fail-fast
 	$(MAKE) test-wasm
 
 .PHONY: test-wasm

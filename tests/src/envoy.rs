@@ -60,7 +60,7 @@ pub struct EnvoyOptions {
     /// The recorder's gRPC access-log listener.
     pub recorder_port: u16,
     /// How often Envoy ships buffered access-log entries (`1s` in production, shorter in tests).
-    pub audit_flush_interval: &'static str,
+    pub audit_flush_interval: std::time::Duration,
     /// The filter's plugin configuration (see filter/core/src/config.rs).
     pub filter_config: serde_json::Value,
     /// The service key, given to Envoy's environment as `ANTHROPIC_API_KEY`.
@@ -143,7 +143,7 @@ pub fn render(opts: &EnvoyOptions) -> Result<String, String> {
         ("IDP_ADDRESS", yaml_string(&opts.idp.ip().to_string())),
         ("IDP_PORT", opts.idp.port().to_string()),
         ("RECORDER_PORT", opts.recorder_port.to_string()),
-        ("AUDIT_FLUSH_INTERVAL", opts.audit_flush_interval.to_string()),
+        ("AUDIT_FLUSH_INTERVAL", format!("{}s", opts.audit_flush_interval.as_secs_f64())),
     ]);
     fill(&read("dev.yaml.tmpl")?, &v)
 }

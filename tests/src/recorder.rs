@@ -95,6 +95,21 @@ impl Recorder {
         }
     }
 
+    /// Waits until every one of these exchanges is stored; returns those still missing at the
+    /// deadline (Envoy's workers ship their entries on separate streams, in no common order).
+    pub async fn wait_for_all(&self, exchange_ids: &[String], limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stored: std::collections::HashSet<String> =
+                self.exchanges().into_iter().map(|x| x.stored.record.exchange_id).collect();
+            let missing: Vec<String> = exchange_ids.iter().filter(|id| !stored.contains(*id)).cloned().collect();
+            if missing.is_empty() || Instant::now() > deadline {
+                return missing;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until at least `n` exchanges are stored.
     pub async fn wait_for_count(&self, n: usize, limit: Duration) -> Vec<Exchange> {
         let deadline = Instant::now() + limit;
@@ -106,7 +121,6 @@ impl Recorder {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
 }
 
 impl Drop for Recorder {

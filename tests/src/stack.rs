@@ -20,6 +20,9 @@ pub const DEV_GROUP: &str = "eng";
 /// Envoy buffer limit of the dev configuration: above the filter's 32 MiB body limit, so
 /// the filter, not Envoy, answers an oversized body (in the Anthropic error shape).
 pub const DEV_BUFFER_LIMIT: u64 = 40 * 1024 * 1024;
+/// How often Envoy ships buffered access-log entries to the recorder in test stacks: short, so
+/// tests waiting for records wait little.
+pub const AUDIT_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The filter configuration `make run` uses unless `SCRIM_FILTER_CONFIG` names another.
 pub fn dev_filter_config(issuer: &str, jwks_uri: &str) -> Value {
@@ -139,7 +142,7 @@ impl Stack {
             upstream_ca,
             idp: idp_addr,
             recorder_port,
-            audit_flush_interval: "0.1s",
+            audit_flush_interval: AUDIT_FLUSH_INTERVAL,
             filter_config: config,
             api_key: api_key.clone(),
             run_dir: run_dir.clone(),

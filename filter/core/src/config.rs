@@ -73,17 +73,19 @@ pub struct RawAudit {
     /// seconds pass without one. Default 1800.
     #[serde(default = "default_session_idle")]
     pub session_idle_seconds: u64,
-    /// Refuse new exchanges (503) while the recorder does not answer, so nothing is served
-    /// unrecorded (Envoy drops access-log entries it cannot deliver). Default false.
+    /// Serve nothing unrecorded (Envoy drops access-log entries it cannot deliver): every
+    /// exchange first checks that the recorder answers, and is refused (503) when it does not;
+    /// a periodic probe also refuses at once while the recorder is known to be down.
+    /// Default false.
     #[serde(default)]
     pub required: bool,
     /// Cluster of the recorder's gRPC listener, probed when `required`. Default
     /// `scrim_recorder`.
     #[serde(default = "default_recorder_cluster")]
     pub recorder_cluster: String,
-    /// How often each VM probes the recorder when `required`, in milliseconds; exchanges
-    /// that start between the recorder's death and the next failed probe may go unrecorded.
-    /// Default 250, between 50 and 10000.
+    /// How often each VM probes the recorder when `required`, in milliseconds; also the
+    /// timeout (at least 200 ms) of each exchange's own check. Default 250, between 50 and
+    /// 10000.
     #[serde(default = "default_health_interval")]
     pub health_interval_ms: u64,
 }

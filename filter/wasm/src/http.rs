@@ -7,7 +7,9 @@
 //! resumes the request.
 
 use crate::metrics::Decision;
-use crate::root::{dispatch_jwks_fetch, millis, read_jwks_response, seconds, SharedRef};
+use crate::root::{
+    dispatch_jwks_fetch, dispatch_recorder_check, millis, read_jwks_response, recorder_answered, seconds, SharedRef,
+};
 use log::warn;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -34,6 +36,9 @@ pub struct ScrimHttp {
     body_complete: Option<usize>,
     /// The token of a request paused while its issuer's keys are fetched.
     pending: Option<PendingFetch>,
+    /// With `audit.required`: the call asking whether the recorder is up, and the token to
+    /// verify once it answers.
+    recorder_check: Option<(u32, String)>,
     response: ResponseMode,
     /// What the audit record will say; created with the request headers.
     exchange: Option<Exchange>,
@@ -75,6 +80,7 @@ impl ScrimHttp {
             has_body: false,
             body_complete: None,
             pending: None,
+            recorder_check: None,
             response: ResponseMode::Pass,
             exchange: None,
         }
@@ -108,6 +114,18 @@ impl ScrimHttp {
         }
         let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.send_http_response(r.status, headers, Some(r.body.as_bytes()));
+    }
+
+    /// Answers 503: with `audit.required`, nothing is served while the recorder is down.
+    fn refuse_unrecorded(&mut self) {
+        self.shared.borrow().metrics.decision(Decision::Unavailable);
+        self.note(AuditDecision::Unavailable, Some("recorder_unavailable".into()));
+        self.reply(&anthropic_error(
+            503,
+            "api_error",
+            "the audit recorder is unavailable; the gateway serves nothing unrecorded, try again shortly",
+            true,
+        ));
     }
 
     fn refuse(&mut self, e: &AuthError) {
@@ -192,6 +210,26 @@ impl ScrimHttp {
             Some(size) => self.finish_request_body(size),
             None => Action::Pause,
         }
+    }
+
+    /// Verifies the token (from the cache when it was verified before) and decides.
+    fn verify(&mut self, token: String) -> Action {
+        let now = self.now();
+        let verdict = {
+            let mut s = self.shared.borrow_mut();
+            let leeway = s.config.leeway_seconds;
+            match s.cache.get(&token, leeway, now) {
+                Some(identity) => {
+                    s.metrics.token_cache(true);
+                    Verdict::Verified(identity)
+                }
+                None => {
+                    s.metrics.token_cache(false);
+                    auth::verify(&s.config, s.keys.sets(), &token, now)
+                }
+            }
+        };
+        self.decide(token, verdict, true)
     }
 
     fn start_fetch(&mut self, issuer_index: usize, token: &str, error: &AuthError) -> bool {
@@ -332,6 +370,20 @@ impl ScrimHttp {
 
 impl Context for ScrimHttp {
     fn on_http_call_response(&mut self, call: u32, _headers: usize, body_size: usize, _: usize) {
+        if let Some((_, token)) = self.recorder_check.take_if(|(c, _)| *c == call) {
+            if !recorder_answered(self) {
+                let mut s = self.shared.borrow_mut();
+                if s.recorder_up {
+                    warn!("recorder is unreachable: refusing new exchanges");
+                }
+                s.recorder_up = false;
+                drop(s);
+                self.refuse_unrecorded();
+            } else if self.verify(token) == Action::Continue {
+                self.resume_http_request();
+            }
+            return;
+        }
         let Some(pending) = self.pending.take_if(|p| p.call == call) else { return };
         let now = self.now();
         let verdict = {
@@ -357,7 +409,6 @@ impl Context for ScrimHttp {
 impl HttpContext for ScrimHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.has_body = !end_of_stream;
-        let now = self.now();
         // Request headers are gone once this callback continues: copy what the record needs.
         self.exchange = Some(Exchange::new(
             self.get_http_request_header("x-request-id").unwrap_or_default(),
@@ -382,14 +433,7 @@ impl HttpContext for ScrimHttp {
             (s.config.audit.required, s.recorder_up)
         };
         if required && !up {
-            self.shared.borrow().metrics.decision(Decision::Unavailable);
-            self.note(AuditDecision::Unavailable, Some("recorder_unavailable".into()));
-            self.reply(&anthropic_error(
-                503,
-                "api_error",
-                "the audit recorder is unavailable; the gateway serves nothing unrecorded, try again shortly",
-                true,
-            ));
+            self.refuse_unrecorded();
             return Action::Pause;
         }
         let encoding = self.get_http_request_header("content-encoding");
@@ -402,21 +446,23 @@ impl HttpContext for ScrimHttp {
             ));
             return Action::Pause;
         }
-        let verdict = {
-            let mut s = self.shared.borrow_mut();
-            let leeway = s.config.leeway_seconds;
-            match s.cache.get(&token, leeway, now) {
-                Some(identity) => {
-                    s.metrics.token_cache(true);
-                    Verdict::Verified(identity)
+        if required {
+            // The probe only says the recorder was up a moment ago: an exchange that started
+            // after it died would go unrecorded, so each one asks for itself.
+            let call = dispatch_recorder_check(self, &self.shared.borrow().config.audit);
+            match call {
+                Ok(call) => {
+                    self.recorder_check = Some((call, token));
+                    return Action::Pause;
                 }
-                None => {
-                    s.metrics.token_cache(false);
-                    auth::verify(&s.config, s.keys.sets(), &token, now)
+                Err(status) => {
+                    warn!("cannot check the recorder: {status:?}");
+                    self.refuse_unrecorded();
+                    return Action::Pause;
                 }
             }
-        };
-        self.decide(token, verdict, true)
+        }
+        self.verify(token)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

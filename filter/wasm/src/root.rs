@@ -7,7 +7,7 @@ use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use scrim_core::auth::TokenCache;
-use scrim_core::config::{Config, JwksEndpoint, KeySource};
+use scrim_core::config::{Config, JwksEndpoint, KeySource, RawAudit};
 use scrim_core::credential::ServiceKey;
 use scrim_core::exchange::SessionTracker;
 use scrim_core::jwks::KeySet;
@@ -74,6 +74,24 @@ pub fn dispatch_jwks_fetch(
     )
 }
 
+/// Asks the recorder's listener whether it is there: any HTTP answer means it is up; a connect
+/// failure or timeout comes back from Envoy as 503 or 504 (see [`recorder_answered`]).
+pub fn dispatch_recorder_check(ctx: &dyn Context, audit: &RawAudit) -> Result<u32, proxy_wasm::types::Status> {
+    ctx.dispatch_http_call(
+        &audit.recorder_cluster,
+        vec![(":method", "GET"), (":path", "/healthz"), (":authority", "scrim-recorder")],
+        None,
+        vec![],
+        Duration::from_millis(audit.health_interval_ms.max(200)),
+    )
+}
+
+/// Whether a finished [`dispatch_recorder_check`] reached the recorder.
+pub fn recorder_answered(ctx: &dyn Context) -> bool {
+    let status = ctx.get_http_call_response_header(":status").unwrap_or_default();
+    !status.is_empty() && !status.starts_with('5')
+}
+
 /// Reads a finished JWKS call; `None` (with a log line saying why) when it is unusable.
 pub fn read_jwks_response(ctx: &dyn Context, issuer: &str, body_size: usize) -> Option<KeySet> {
     let status = ctx.get_http_call_response_header(":status").unwrap_or_default();
@@ -109,14 +127,7 @@ impl ScrimRoot {
             return;
         }
         self.last_probe_ms = now_ms;
-        let timeout = Duration::from_millis(s.config.audit.health_interval_ms.max(200));
-        match self.dispatch_http_call(
-            &s.config.audit.recorder_cluster,
-            vec![(":method", "GET"), (":path", "/healthz"), (":authority", "scrim-recorder")],
-            None,
-            vec![],
-            timeout,
-        ) {
+        match dispatch_recorder_check(self, &s.config.audit) {
             Ok(call) => self.probe = Some(call),
             Err(status) => {
                 drop(s);
@@ -156,8 +167,7 @@ impl Context for ScrimRoot {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
         if self.probe == Some(token) {
             self.probe = None;
-            let status = self.get_http_call_response_header(":status").unwrap_or_default();
-            let up = !status.is_empty() && !status.starts_with('5');
+            let up = recorder_answered(self);
             if let Some(shared) = &self.shared {
                 let mut s = shared.borrow_mut();
                 if s.recorder_up != up {

@@ -123,7 +123,7 @@ async fn run() -> Result<(), String> {
         upstream_ca: std::env::var_os("SCRIM_UPSTREAM_CA").map(PathBuf::from),
         idp: idp.addr(),
         recorder_port,
-        audit_flush_interval: "1s",
+        audit_flush_interval: std::time::Duration::from_secs(1),
         filter_config: config,
         api_key,
         run_dir: dir.clone(),
