@@ -3,7 +3,7 @@
 //! only reads records; the one thing it writes is the query log.
 //!
 //! - [`Api`] holds the verifier configuration, the issuers' keys ([`Keys`], inline or fetched
-//!   over plain http and refreshed) and a small pool of store connections; [`router`] builds
+//!   over http or https and refreshed) and a small pool of store connections; [`router`] builds
 //!   the service without a socket, [`serve`] runs it on a listener.
 //! - Scope: members of the auditor group see everything; any other caller the configuration
 //!   admits (`allowed_groups`) sees only exchanges whose subject is the token's `sub`, even
@@ -50,6 +50,8 @@ pub struct ApiConfig {
     /// Members see every user's exchanges (and may query even when `allowed_groups` does not
     /// name this group); everyone else only their own.
     pub auditor_group: String,
+    /// Certificates trusted for https `jwks_uri`s besides the system's roots (a private CA).
+    pub jwks_roots: Vec<reqwest::Certificate>,
 }
 
 /// Opens one more connection to the store (the API keeps a few, apart from ingest's).
@@ -123,7 +125,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    fn new(config: &Config) -> Keys {
+    fn new(config: &Config, roots: &[reqwest::Certificate]) -> Keys {
         let sets = config
             .issuers
             .iter()
@@ -135,10 +137,12 @@ impl Keys {
         Keys {
             sets: RwLock::new(sets),
             fetched_at: Mutex::new(vec![None; config.issuers.len()]),
-            http: reqwest::Client::builder()
+            http: roots
+                .iter()
+                .fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root.clone()))
                 .timeout(Duration::from_millis(config.jwks.fetch_timeout_ms))
                 .build()
-                .expect("http client without TLS builds"),
+                .expect("http client with the system's roots builds"),
         }
     }
 
@@ -244,7 +248,7 @@ impl Api {
     /// later fetch succeeds) and starts refreshing them every `jwks.refresh_seconds` (every
     /// `jwks.retry_seconds` while one is failing). Needs a Tokio runtime.
     pub async fn start(config: ApiConfig, open: OpenStore) -> Api {
-        let keys = Arc::new(Keys::new(&config.auth));
+        let keys = Arc::new(Keys::new(&config.auth, &config.jwks_roots));
         let remote = config
             .auth
             .issuers

@@ -156,8 +156,21 @@ impl ApiServer {
         listen: &str,
         auth_config: &Path,
         auditor_group: String,
+        jwks_ca: Option<&Path>,
         db: String,
     ) -> Result<ApiServer, CliError> {
+        let jwks_roots = match jwks_ca {
+            None => Vec::new(),
+            Some(path) => {
+                let bad = |message: String| CliError::JwksCa { path: path.display().to_string(), message };
+                let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+                let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+                if roots.is_empty() {
+                    return Err(bad("no PEM certificate in the file".into()));
+                }
+                roots
+            }
+        };
         let bytes = std::fs::read(auth_config).map_err(|e| CliError::AuthConfig {
             path: auth_config.display().to_string(),
             message: e.to_string(),
@@ -172,6 +185,7 @@ impl ApiServer {
             ApiConfig {
                 auth,
                 auditor_group,
+                jwks_roots,
             },
             open,
         )

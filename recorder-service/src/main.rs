@@ -130,9 +130,13 @@ struct ServeArgs {
     #[arg(long, requires = "auth_config")]
     http_listen: Option<String>,
     /// The query API's token check, in the gateway filter's configuration format (issuers
-    /// with inline `jwks` or an http `jwks_uri`; `allowed_groups` may query at all).
+    /// with inline `jwks` or an http(s) `jwks_uri`; `allowed_groups` may query at all).
     #[arg(long)]
     auth_config: Option<PathBuf>,
+    /// PEM certificates to trust for https `jwks_uri`s besides the system's roots (an
+    /// identity provider behind a private CA).
+    #[arg(long, requires = "auth_config")]
+    jwks_ca_file: Option<PathBuf>,
     /// Members of this group see every user's sessions; others only their own.
     #[arg(long, default_value = "auditors")]
     auditor_group: String,
@@ -171,6 +175,8 @@ enum CliError {
     NoSuchSession(String),
     #[error("--auth-config {path}: {message}")]
     AuthConfig { path: String, message: String },
+    #[error("--jwks-ca-file {path}: {message}")]
+    JwksCa { path: String, message: String },
     #[error("{flag} {value}: not epoch ms, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")]
     BadTime { flag: &'static str, value: String },
 }
@@ -350,7 +356,14 @@ fn serve(store: Box<dyn Store>, args: ServeArgs, db: String) -> Result<(), CliEr
         );
         let api = match (&args.http_listen, &args.auth_config) {
             (Some(listen), Some(auth)) => Some(
-                audit_cli::ApiServer::start(listen, auth, args.auditor_group.clone(), db).await?,
+                audit_cli::ApiServer::start(
+                    listen,
+                    auth,
+                    args.auditor_group.clone(),
+                    args.jwks_ca_file.as_deref(),
+                    db,
+                )
+                .await?,
             ),
             _ => None,
         };
