@@ -157,6 +157,7 @@ impl Server {
             ApiConfig {
                 auth,
                 auditor_group: "auditors".into(),
+                jwks_roots: Vec::new(),
             },
             open,
         )
