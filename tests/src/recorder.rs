@@ -1,7 +1,7 @@
 //! The recorder service running in-process on loopback (SQLite in a given file), for tests
 //! and `make run`, with a handle to query what it stored.
 
-use scrim_recorder::ingest::{serve, Ingest, IngestConfig, SharedStore};
+use scrim_recorder::ingest::{serve, Ingest, IngestConfig, IngestStats, SharedStore, StatsSnapshot};
 use scrim_recorder::store::sqlite::SqliteStore;
 use scrim_recorder::store::{Exchange, SessionQuery, SessionSummary};
 use std::net::SocketAddr;
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 pub struct Recorder {
     pub addr: SocketAddr,
     pub db: PathBuf,
+    config: IngestConfig,
     store: SharedStore,
+    stats: Arc<IngestStats>,
     /// Dropping or sending on it ends the recorder's runtime.
     kill: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -21,12 +23,13 @@ pub struct Recorder {
 impl Recorder {
     /// Serves on `listener` from a runtime of its own, so `kill` can end every connection at
     /// once the way a crashed process would.
-    pub async fn start(listener: tokio::net::TcpListener, db: &Path) -> Result<Recorder, String> {
+    pub async fn start(listener: tokio::net::TcpListener, db: &Path, config: IngestConfig) -> Result<Recorder, String> {
         let store = SqliteStore::open(db).map_err(|e| format!("recorder store {}: {e}", db.display()))?;
         let store: SharedStore = Arc::new(Mutex::new(store));
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let listener = listener.into_std().map_err(|e| e.to_string())?;
-        let ingest = Ingest::new(store.clone(), IngestConfig::default());
+        let ingest = Ingest::new(store.clone(), config);
+        let stats = ingest.stats();
         let (kill, killed) = std::sync::mpsc::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -41,7 +44,7 @@ impl Recorder {
             let _ = killed.recv();
             runtime.shutdown_background();
         });
-        Ok(Recorder { addr, db: db.to_path_buf(), store, kill: Some(kill), thread: Some(thread) })
+        Ok(Recorder { addr, db: db.to_path_buf(), config, store, stats, kill: Some(kill), thread: Some(thread) })
     }
 
     /// Dies at once, as a crashed process would: every connection is cut, nothing beyond what
@@ -62,8 +65,13 @@ impl Recorder {
             .await
             .map_err(|e| format!("rebind {}: {e}", self.addr))?;
         let db = self.db.clone();
-        *self = Recorder::start(listener, &db).await?;
+        *self = Recorder::start(listener, &db, self.config).await?;
         Ok(())
+    }
+
+    /// What ingest counted since this (re)start: stored, rejected and why.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 
     pub fn sessions(&self) -> Vec<SessionSummary> {

@@ -5,6 +5,7 @@ use crate::envoy::{free_port, Envoy, EnvoyOptions, Upstream};
 use crate::idp::DevIdp;
 use crate::keys::SigningKey;
 use crate::recorder::Recorder;
+use scrim_recorder::ingest::IngestConfig;
 use crate::stand_in::ClaudeStandIn;
 use crate::tls_front::TlsFront;
 use jsonwebtoken::Algorithm;
@@ -69,6 +70,8 @@ pub struct StackOptions {
     /// Put the stand-in behind TLS with a certificate for this name (signed by a test CA the
     /// gateway trusts) and reach it as `https://localhost:<port>`.
     pub tls_certificate_name: Option<&'static str>,
+    /// The recorder's ingest limits (its record size cap, say).
+    pub recorder: IngestConfig,
 }
 
 impl Default for StackOptions {
@@ -80,6 +83,7 @@ impl Default for StackOptions {
             baseline: false,
             concurrency: 1,
             tls_certificate_name: None,
+            recorder: IngestConfig::default(),
         }
     }
 }
@@ -129,7 +133,7 @@ impl Stack {
         let recorder_listener =
             tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
         let recorder_port = recorder_listener.local_addr().map_err(|e| e.to_string())?.port();
-        let recorder = Recorder::start(recorder_listener, &run_dir.join("recorder.db")).await?;
+        let recorder = Recorder::start(recorder_listener, &run_dir.join("recorder.db"), opts.recorder).await?;
         let mut config = dev_filter_config(&issuer, &format!("{issuer}/jwks"));
         if let Some(edit) = opts.filter_config {
             config = edit(config);

@@ -137,3 +137,30 @@ async fn client_that_disconnects_mid_stream_still_produces_a_record_marked_as_su
     let x = stack.recorder.wait_for(&id, WAIT).await.expect("a cut exchange is still recorded");
     assert!(x.stored.record.client_disconnected, "{:?}", x.stored.record);
 }
+
+#[tokio::test]
+async fn a_record_over_the_recorders_cap_is_counted_and_rejected_and_ingestion_goes_on() {
+    let stack = Stack::start(StackOptions {
+        name: "rec-oversized",
+        recorder: scrim_recorder::ingest::IngestConfig {
+            max_record_bytes: 16 * 1024,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .expect("stack starts");
+    let big = request_id();
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "lorem ipsum ".repeat(4096)}]});
+    assert_eq!(post(&stack, &big, body).send().await.unwrap().status(), 200);
+    let small = request_id();
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post(&stack, &small, body).send().await.unwrap().status(), 200);
+
+    stack.recorder.wait_for(&small, WAIT).await.expect("the next exchange is still recorded");
+    let stats = stack.recorder.stats();
+    assert_eq!(stats.oversized, 1, "{stats:?}");
+    assert!(stack.recorder.wait_for(&big, Duration::ZERO).await.is_none(), "the oversized record is not stored");
+}

@@ -8,6 +8,7 @@ use scrim_devstack::envoy::{Envoy, EnvoyOptions, Upstream};
 use scrim_devstack::idp::{DevIdentity, DevIdp};
 use scrim_devstack::recorder::Recorder;
 use scrim_recorder::api;
+use scrim_recorder::ingest::IngestConfig;
 
 /// The dev group whose members see every recorded exchange through the auditor API.
 const AUDITOR_GROUP: &str = "auditors";
@@ -90,7 +91,7 @@ async fn run() -> Result<(), String> {
 
     let recorder_listener = bind("SCRIM_RECORDER_PORT", recorder_port).await?;
     let db = dir.join("recorder.db");
-    let _recorder = Recorder::start(recorder_listener, &db).await?;
+    let _recorder = Recorder::start(recorder_listener, &db, IngestConfig::default()).await?;
 
     let audit_listener = bind("SCRIM_AUDIT_API_PORT", audit_api_port).await?;
     start_audit_api(audit_listener, &issuer, idp.jwks_uri(), &db).await?;
