@@ -164,3 +164,23 @@ async fn a_record_over_the_recorders_cap_is_counted_and_rejected_and_ingestion_g
     assert_eq!(stats.oversized, 1, "{stats:?}");
     assert!(stack.recorder.wait_for(&big, Duration::ZERO).await.is_none(), "the oversized record is not stored");
 }
+
+#[tokio::test]
+async fn an_access_log_entry_without_an_audit_record_is_counted_and_ingestion_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = start("rec-missing").await;
+    // Envoy answers a request it cannot parse itself, before any HTTP filter runs: its access
+    // log entry carries no audit record.
+    let mut conn = tokio::net::TcpStream::connect(stack.envoy.gateway).await.unwrap();
+    conn.write_all(b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\nhello").await.unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+
+    let id = request_id();
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post(&stack, &id, body).send().await.unwrap().status(), 200);
+    stack.recorder.wait_for(&id, WAIT).await.expect("the next exchange is still recorded");
+    let stats = stack.recorder.stats();
+    assert_eq!(stats.missing_record, 1, "{stats:?}");
+}
