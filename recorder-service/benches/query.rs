@@ -177,7 +177,7 @@ fn main() {
             ..ExchangeFilter::default()
         };
         extra(&mut filter);
-        store.find_sessions(&filter, 50).unwrap().len()
+        store.find_sessions(&filter, 50, None).unwrap().len()
     };
     time(
         "a user's sessions (50 newest)",

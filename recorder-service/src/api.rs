@@ -423,6 +423,8 @@ struct FilterParams {
     rule: Option<String>,
     /// Only for `GET /v1/sessions`.
     limit: Option<u64>,
+    /// Only for `GET /v1/sessions`: the `next_before` of the previous page.
+    before: Option<i64>,
 }
 
 impl FilterParams {
@@ -469,6 +471,9 @@ fn visible(caller: &Caller, ex: &Exchange) -> bool {
 #[derive(Serialize)]
 struct SessionList {
     data: Vec<SessionSummary>,
+    /// Pass as `before` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<i64>,
 }
 
 async fn list_sessions(
@@ -476,7 +481,9 @@ async fn list_sessions(
     Extension(caller): Extension<Caller>,
     q: Result<Query<FilterParams>, QueryRejection>,
 ) -> Result<Json<SessionList>, ApiError> {
-    let (filter, limit) = params(q)?.scoped(&caller)?;
+    let params = params(q)?;
+    let before = params.before;
+    let (filter, limit) = params.scoped(&caller)?;
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::BadRequest(format!(
@@ -486,9 +493,11 @@ async fn list_sessions(
     let data = api
         .0
         .pool
-        .run(move |s| s.find_sessions(&filter, limit))
+        .run(move |s| s.find_sessions(&filter, limit, before))
         .await?;
-    Ok(Json(SessionList { data }))
+    let full = data.len() as u64 == limit;
+    let next_before = full.then(|| data.last().map(|s| s.last_seq)).flatten();
+    Ok(Json(SessionList { data, next_before }))
 }
 
 #[derive(Serialize)]

@@ -228,6 +228,23 @@ async fn auditor_sees_every_session_and_exchange() {
 }
 
 #[tokio::test]
+async fn session_listing_pages_with_next_before_until_the_last_page() {
+    let s = Server::start().await;
+    let (sub, g) = AUDITOR;
+    let first = s.json(sub, g, "/v1/sessions?limit=1").await;
+    assert_eq!(first["data"][0]["session_id"], "s-b");
+    let next = first["next_before"].as_i64().expect("a full page names the next one");
+    let second = s.json(sub, g, &format!("/v1/sessions?limit=1&before={next}")).await;
+    assert_eq!(second["data"][0]["session_id"], "s-a");
+    let next = second["next_before"].as_i64().expect("still a full page");
+    let last = s.json(sub, g, &format!("/v1/sessions?limit=1&before={next}")).await;
+    assert_eq!(last["data"], json!([]));
+    assert!(last.get("next_before").is_none(), "{last}");
+    let (status, body) = s.get(sub, g, "/v1/sessions?before=soon").await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
 async fn non_auditor_sees_only_own_exchanges_even_in_a_shared_session_id() {
     let s = Server::start().await;
     let (sub, g) = ALICE;

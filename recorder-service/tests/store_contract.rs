@@ -102,6 +102,7 @@ contract!(
     purge_horizon_never_moves_back,
     ingest_rate_is_reported,
     find_sessions_applies_every_filter_to_the_exchanges_it_counts,
+    find_sessions_pages_through_every_session_once_in_order,
     exchange_is_found_by_its_id,
     usage_by_user_totals_each_subject_with_anonymous_first,
     query_log_takes_entries,
@@ -506,7 +507,7 @@ fn find_sessions_applies_every_filter_to_the_exchanges_it_counts(b: &impl Backen
     let store = twelve_records(b);
     let find = |filter: ExchangeFilter| -> Vec<(String, u64)> {
         store
-            .find_sessions(&filter, 10)
+            .find_sessions(&filter, 10, None)
             .unwrap()
             .into_iter()
             .map(|s| (s.session_id, s.exchanges))
@@ -542,7 +543,39 @@ fn find_sessions_applies_every_filter_to_the_exchanges_it_counts(b: &impl Backen
         }),
         [s("s-b", 1), s("s-a", 1)]
     );
-    assert_eq!(store.find_sessions(&ExchangeFilter::default(), 1).unwrap().len(), 1);
+    assert_eq!(store.find_sessions(&ExchangeFilter::default(), 1, None).unwrap().len(), 1);
+}
+
+fn find_sessions_pages_through_every_session_once_in_order(b: &impl Backend) {
+    let store = twelve_records(b);
+    let all: Vec<String> = store
+        .find_sessions(&ExchangeFilter::default(), 100, None)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.session_id)
+        .collect();
+    assert_eq!(all, ["s-c", "s-a", "s-b"]);
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.find_sessions(&ExchangeFilter::default(), 2, before).unwrap();
+        paged.extend(page.iter().map(|s| s.session_id.clone()));
+        match page.last() {
+            Some(last) if page.len() == 2 => before = Some(last.last_seq),
+            _ => break,
+        }
+    }
+    assert_eq!(paged, all);
+    // The cursor is the newest *matching* exchange: a filtered listing pages the same way.
+    let alice = ExchangeFilter {
+        subject: Some("alice".into()),
+        ..Default::default()
+    };
+    let first = store.find_sessions(&alice, 1, None).unwrap();
+    let rest = store.find_sessions(&alice, 10, Some(first[0].last_seq)).unwrap();
+    let alice_all = store.find_sessions(&alice, 10, None).unwrap();
+    assert_eq!(first.len() + rest.len(), alice_all.len());
+    assert!(rest.iter().all(|s| s.session_id != first[0].session_id));
 }
 
 fn exchange_is_found_by_its_id(b: &impl Backend) {

@@ -61,6 +61,9 @@ pub struct SessionSummary {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub models: Vec<String>,
+    /// Chain position of the session's newest exchange in the listing; pass it as `before`
+    /// to get the next page.
+    pub last_seq: i64,
 }
 
 /// Filters for [`Store::sessions`]; empty means all.
@@ -204,16 +207,18 @@ pub trait Store: Send {
     // implements them; PostgreSQL: implement all four, with the semantics documented here.
 
     /// Sessions with at least one exchange matching `filter`, at most `limit`, ordered by their
-    /// newest *matching* exchange (highest `seq`) first. A summary counts only the matching
-    /// exchanges, and the order ignores the others, so a caller restricted to their own
-    /// `subject` learns nothing about others' exchanges in a shared session id.
+    /// newest *matching* exchange (highest `seq`, its `last_seq`) first, only those whose
+    /// `last_seq` is below `before` when given (the next page). A summary counts only the
+    /// matching exchanges, and the order ignores the others, so a caller restricted to their
+    /// own `subject` learns nothing about others' exchanges in a shared session id.
     /// Should use an index for `subject` (the common query).
     fn find_sessions(
         &self,
         filter: &ExchangeFilter,
         limit: u64,
+        before: Option<i64>,
     ) -> Result<Vec<SessionSummary>, StoreError> {
-        let _ = (filter, limit);
+        let _ = (filter, limit, before);
         Err(StoreError::Unsupported("find_sessions"))
     }
     /// Every record with this exchange id (normally one), in chain order. Needs an index on
@@ -283,8 +288,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
         &self,
         filter: &ExchangeFilter,
         limit: u64,
+        before: Option<i64>,
     ) -> Result<Vec<SessionSummary>, StoreError> {
-        (**self).find_sessions(filter, limit)
+        (**self).find_sessions(filter, limit, before)
     }
     fn exchange(&self, exchange_id: &str) -> Result<Vec<Exchange>, StoreError> {
         (**self).exchange(exchange_id)

@@ -203,6 +203,7 @@ fn summary(r: &Row) -> SessionSummary {
         input_tokens: r.get::<_, i64>(6) as u64,
         output_tokens: r.get::<_, i64>(7) as u64,
         models: strings(r.get(8)),
+        last_seq: r.get(9),
     }
 }
 
@@ -210,7 +211,7 @@ fn summary(r: &Row) -> SessionSummary {
 const SUMMARY_COLUMNS: &str = "session_id, array_agg(DISTINCT subject), count(*),
     count(*) FILTER (WHERE decision <> 'allowed'), min(start_ms), max(start_ms),
     coalesce(sum(input_tokens), 0)::bigint, coalesce(sum(output_tokens), 0)::bigint,
-    array_agg(DISTINCT model)";
+    array_agg(DISTINCT model), max(seq)";
 
 /// The stored pieces among `hashes`.
 fn load_many(
@@ -509,12 +510,16 @@ impl Store for PostgresStore {
         &self,
         filter: &ExchangeFilter,
         limit: u64,
+        before: Option<i64>,
     ) -> Result<Vec<SessionSummary>, StoreError> {
         let (where_sql, mut params) = filter_sql(filter);
+        params.push(Box::new(before.unwrap_or(i64::MAX)));
+        let before_arg = params.len();
         params.push(Box::new(limit.min(i64::MAX as u64) as i64));
         let sql = format!(
             "SELECT {SUMMARY_COLUMNS} FROM records {where_sql}
-             GROUP BY session_id ORDER BY max(seq) DESC LIMIT ${}",
+             GROUP BY session_id HAVING max(seq) < ${before_arg}
+             ORDER BY max(seq) DESC LIMIT ${}",
             params.len()
         );
         let found = self.client()?.query(&sql, &param_refs(&params))?;

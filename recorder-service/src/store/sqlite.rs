@@ -195,8 +195,14 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
         input_tokens: r.get::<_, i64>(6)? as u64,
         output_tokens: r.get::<_, i64>(7)? as u64,
         models: json_strings(r.get(8)?),
+        last_seq: r.get(9)?,
     })
 }
+
+/// The columns [`summary_row`] reads, over one session's group of rows.
+const SUMMARY_COLUMNS: &str = "session_id, json_group_array(DISTINCT subject), count(*),
+    sum(decision != 'allowed'), min(start_ms), max(start_ms),
+    sum(input_tokens), sum(output_tokens), json_group_array(DISTINCT model), max(seq)";
 
 fn json_strings(json: String) -> Vec<String> {
     let mut v: Vec<String> = serde_json::from_str::<Vec<Option<String>>>(&json)
@@ -261,16 +267,14 @@ impl Store for SqliteStore {
     }
 
     fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionSummary>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT session_id, json_group_array(DISTINCT subject), count(*),
-                    sum(decision != 'allowed'), min(start_ms), max(start_ms),
-                    sum(input_tokens), sum(output_tokens), json_group_array(DISTINCT model)
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SUMMARY_COLUMNS}
              FROM records
              WHERE ?1 IS NULL OR session_id IN (SELECT session_id FROM records WHERE subject = ?1)
              GROUP BY session_id
              ORDER BY max(seq) DESC
-             LIMIT ?2",
-        )?;
+             LIMIT ?2"
+        ))?;
         let limit = query.limit.map(|l| l as i64).unwrap_or(-1);
         let rows = stmt.query_map(params![query.subject, limit], summary_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -418,15 +422,17 @@ impl Store for SqliteStore {
         &self,
         filter: &ExchangeFilter,
         limit: u64,
+        before: Option<i64>,
     ) -> Result<Vec<SessionSummary>, StoreError> {
         let (where_sql, mut args) = filter_sql(filter);
+        args.push(SqlValue::Integer(before.unwrap_or(i64::MAX)));
+        let before_arg = args.len();
         args.push(SqlValue::Integer(limit.min(i64::MAX as u64) as i64));
         let sql = format!(
-            "SELECT session_id, json_group_array(DISTINCT subject), count(*),
-                    sum(decision != 'allowed'), min(start_ms), max(start_ms),
-                    sum(input_tokens), sum(output_tokens), json_group_array(DISTINCT model)
+            "SELECT {SUMMARY_COLUMNS}
              FROM records {where_sql}
              GROUP BY session_id
+             HAVING max(seq) < ?{before_arg}
              ORDER BY max(seq) DESC
              LIMIT ?{}",
             args.len()
