@@ -14,7 +14,7 @@ use scrim_recorder::chain::Problem;
 use scrim_recorder::envoy::envoy_fields;
 use scrim_recorder::record::StoredRecord;
 use scrim_core::audit::{Decision, Direction, MaskCount, Usage};
-use scrim_recorder::store::{self, ExchangeFilter, QueryLogEntry, SessionQuery, Store};
+use scrim_recorder::store::{self, Document, ExchangeFilter, QueryLogEntry, SessionQuery, Store};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -106,6 +106,7 @@ contract!(
     exchange_is_found_by_its_id,
     usage_by_user_totals_each_subject_with_anonymous_first,
     query_log_takes_entries,
+    documents_are_replaced_by_id_and_found_by_key_or_subject_newest_first,
 );
 
 const DAY_S: i64 = 86_400;
@@ -617,4 +618,30 @@ fn query_log_takes_entries(b: &impl Backend) {
     }
     // The log is beside the chain, not in it.
     assert_eq!(store.verify().unwrap().records, 0);
+}
+
+fn documents_are_replaced_by_id_and_found_by_key_or_subject_newest_first(b: &impl Backend) {
+    let mut store = b.open();
+    let doc = |id: &str, key: &str, subject: &str, created_ms: i64, body: &str| Document {
+        kind: "review".into(),
+        id: id.into(),
+        key: key.into(),
+        subject: subject.into(),
+        issuer: "https://idp".into(),
+        created_ms,
+        body: body.into(),
+    };
+    store.put_document(&doc("rv-1", "fp-a", "alice", 1, r#"{"v":1}"#)).unwrap();
+    store.put_document(&doc("rv-2", "fp-a", "alice", 2, r#"{"v":1}"#)).unwrap();
+    store.put_document(&doc("rv-3", "fp-b", "bob", 3, r#"{"v":1}"#)).unwrap();
+    store.put_document(&doc("rv-1", "fp-a", "alice", 1, r#"{"v":2}"#)).unwrap();
+    assert_eq!(store.document("review", "rv-1").unwrap().unwrap().body, r#"{"v":2}"#);
+    assert_eq!(store.document("grant", "rv-1").unwrap(), None, "kinds are separate");
+    assert_eq!(store.document("review", "rv-9").unwrap(), None);
+    let ids = |docs: Vec<Document>| docs.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.documents("review", Some("fp-a"), None).unwrap()), ["rv-2", "rv-1"]);
+    assert_eq!(ids(store.documents("review", None, Some("bob")).unwrap()), ["rv-3"]);
+    assert_eq!(ids(store.documents("review", None, None).unwrap()), ["rv-3", "rv-2", "rv-1"]);
+    assert!(store.documents("grant", None, None).unwrap().is_empty());
+    assert_eq!(store.verify().unwrap().records, 0, "documents are beside the chain");
 }

@@ -10,7 +10,8 @@
 //! - [`keystore`]: per-VM key sets and when to fetch them again.
 //! - [`credential`]: which headers to drop and which to set towards the upstream.
 //! - [`exchange`]: one exchange gathered along the callbacks, turned into its audit record.
-//! - [`policy`]: per-group limits (models, `max_tokens`, endpoints) and deny rules.
+//! - [`policy`]: per-group limits (models, `max_tokens`, endpoints), deny and approval rules.
+//! - [`review`]: approvals and grants as the filter sees them (fingerprint, protocol, cache).
 //! - [`transcript`]: what the client saw, rebuilt from the bytes sent, for the audit record.
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
@@ -41,3 +42,4 @@ pub mod anthropic_stream;
 #[doc(hidden)]
 pub mod testkit;
 pub mod policy;
+pub mod review;

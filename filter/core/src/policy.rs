@@ -22,6 +22,103 @@ pub struct RawPolicy {
     /// prompt, messages, tool results, tool inputs).
     #[serde(default)]
     pub deny: Vec<RawDenyRule>,
+    /// Rules that hold a request until approvers say yes (after the deny rules pass). An
+    /// approval covers the matched text for that user and session until it expires.
+    #[serde(default)]
+    pub approval: Vec<RawApprovalRule>,
+    /// How the filter asks the recorder about reviews and grants.
+    #[serde(default)]
+    pub reviews: RawReviews,
+    /// Just-in-time grants for callers outside the allowed groups.
+    #[serde(default)]
+    pub grants: RawGrants,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovalRule {
+    /// Stable id, named in the review and the refusal.
+    pub id: String,
+    /// What approvers and the developer read about the rule.
+    pub message: String,
+    /// A regex (ASCII classes, as in RE2) searched in every string the request would send.
+    pub regex: String,
+    /// Distinct approvers needed. Default 1.
+    #[serde(default = "one")]
+    pub approvals_required: u32,
+    /// How long a decision stands, in seconds. Default 28800 (8 hours).
+    #[serde(default = "eight_hours")]
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReviews {
+    /// Cluster of the recorder's HTTP API. Default `scrim_recorder_api`.
+    #[serde(default = "default_reviews_cluster")]
+    pub recorder_cluster: String,
+    /// `:authority` of calls to it. Default `scrim-recorder`.
+    #[serde(default = "default_reviews_authority")]
+    pub authority: String,
+    /// Timeout of one call (a long poll adds its wait). Default 2000.
+    #[serde(default = "default_reviews_timeout")]
+    pub timeout_ms: u64,
+    /// How long a request needing approval waits for the decision before it is refused
+    /// with the review id; 0 refuses at once. Default 0, at most 600 (agents give up after
+    /// about 10 minutes).
+    #[serde(default)]
+    pub wait_seconds: u64,
+    /// How long a VM trusts a grant answer (yes or no). Default 10, 1 to 300.
+    #[serde(default = "default_grant_cache")]
+    pub grant_cache_seconds: u64,
+    /// Envoy environment variable holding the token the recorder expects from the gateway.
+    /// Default `SCRIM_RECORDER_SERVICE_TOKEN`.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+}
+
+impl Default for RawReviews {
+    fn default() -> Self {
+        RawReviews {
+            recorder_cluster: default_reviews_cluster(),
+            authority: default_reviews_authority(),
+            timeout_ms: default_reviews_timeout(),
+            wait_seconds: 0,
+            grant_cache_seconds: default_grant_cache(),
+            token_env: default_token_env(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrants {
+    /// Let an authenticated caller outside the allowed groups in while the recorder reports
+    /// an active grant for them (held to `default` limits). Default false.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn eight_hours() -> u64 {
+    8 * 3600
+}
+fn default_reviews_cluster() -> String {
+    "scrim_recorder_api".into()
+}
+fn default_reviews_authority() -> String {
+    "scrim-recorder".into()
+}
+fn default_reviews_timeout() -> u64 {
+    2000
+}
+fn default_grant_cache() -> u64 {
+    10
+}
+fn default_token_env() -> String {
+    "SCRIM_RECORDER_SERVICE_TOKEN".into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -70,12 +167,37 @@ struct DenyRule {
     regex: Regex,
 }
 
+#[derive(Debug, Clone)]
+struct ApprovalRule {
+    id: String,
+    message: String,
+    regex: Regex,
+    approvals_required: u32,
+    ttl_seconds: u64,
+}
+
 /// The compiled policy.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     groups: BTreeMap<String, Limits>,
     default: Option<Limits>,
     deny: Vec<DenyRule>,
+    approval: Vec<ApprovalRule>,
+    pub reviews: RawReviews,
+    pub grants: RawGrants,
+}
+
+/// An approval rule that matched a request: what the review is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalMatch {
+    pub rule: String,
+    pub message: String,
+    /// The text the rule matched (its first match): the approval covers exactly this.
+    pub matched: String,
+    /// Up to 120 bytes either side of the match, for approvers (mask it before it leaves).
+    pub context: String,
+    pub approvals_required: u32,
+    pub ttl_seconds: u64,
 }
 
 /// Why a request was refused: the rule that did it and what to tell the caller.
@@ -122,6 +244,25 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// Every string the request would send: system prompt and messages, whatever their blocks.
+fn request_texts(body: &Value) -> Vec<&str> {
+    let mut texts = Vec::new();
+    for key in ["system", "messages"] {
+        if let Some(v) = body.get(key) {
+            strings(v, &mut texts);
+        }
+    }
+    texts
+}
+
+/// The nearest char boundary at or below `i`.
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
 fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     match v {
         Value::String(s) => out.push(s),
@@ -150,7 +291,70 @@ impl Policy {
                 .map_err(|e| PolicyError { field: format!("deny[{i}].regex"), message: e.to_string() })?;
             deny.push(DenyRule { id: r.id, message: r.message, regex });
         }
-        Ok(Policy { groups, default: Some(default), deny })
+        let mut approval = Vec::new();
+        for (i, r) in raw.approval.into_iter().enumerate() {
+            let field = |f: &str| format!("approval[{i}].{f}");
+            if r.id.is_empty() {
+                return Err(PolicyError { field: field("id"), message: "must not be empty".into() });
+            }
+            if r.approvals_required == 0 || r.approvals_required > 10 {
+                return Err(PolicyError { field: field("approvals_required"), message: "between 1 and 10".into() });
+            }
+            if r.ttl_seconds == 0 || r.ttl_seconds > 30 * 86_400 {
+                return Err(PolicyError { field: field("ttl_seconds"), message: "between 1 and 2592000".into() });
+            }
+            let regex = RegexBuilder::new(&r.regex)
+                .unicode(false)
+                .build()
+                .map_err(|e| PolicyError { field: field("regex"), message: e.to_string() })?;
+            approval.push(ApprovalRule {
+                id: r.id,
+                message: r.message,
+                regex,
+                approvals_required: r.approvals_required,
+                ttl_seconds: r.ttl_seconds,
+            });
+        }
+        if raw.reviews.wait_seconds > 600 {
+            return Err(PolicyError { field: "reviews.wait_seconds".into(), message: "at most 600".into() });
+        }
+        if !(1..=300).contains(&raw.reviews.grant_cache_seconds) {
+            return Err(PolicyError { field: "reviews.grant_cache_seconds".into(), message: "between 1 and 300".into() });
+        }
+        if !(100..=60_000).contains(&raw.reviews.timeout_ms) {
+            return Err(PolicyError { field: "reviews.timeout_ms".into(), message: "between 100 and 60000".into() });
+        }
+        Ok(Policy { groups, default: Some(default), deny, approval, reviews: raw.reviews, grants: raw.grants })
+    }
+
+    /// Whether the filter talks to the recorder's review and grant API at all.
+    pub fn uses_recorder(&self) -> bool {
+        !self.approval.is_empty() || self.grants.enabled
+    }
+
+    /// Every approval rule the request matches, in rule order (each needs its own review).
+    pub fn approvals_needed(&self, body: &Value) -> Vec<ApprovalMatch> {
+        if self.approval.is_empty() {
+            return Vec::new();
+        }
+        let texts = request_texts(body);
+        let mut out = Vec::new();
+        for rule in &self.approval {
+            let found = texts.iter().find_map(|t| rule.regex.find(t.as_bytes()).map(|m| (*t, m.start(), m.end())));
+            if let Some((text, start, end)) = found {
+                let from = floor_char(text, start.saturating_sub(120));
+                let to = floor_char(text, (end + 120).min(text.len()));
+                out.push(ApprovalMatch {
+                    rule: rule.id.clone(),
+                    message: rule.message.clone(),
+                    matched: String::from_utf8_lossy(&text.as_bytes()[start..end]).into_owned(),
+                    context: text[from..to].to_string(),
+                    approvals_required: rule.approvals_required,
+                    ttl_seconds: rule.ttl_seconds,
+                });
+            }
+        }
+        out
     }
 
     /// The first rule the request breaks, if any. `body` is the parsed JSON request, when
@@ -193,12 +397,7 @@ impl Policy {
             }
         }
         if let (Some(body), false) = (body, self.deny.is_empty()) {
-            let mut texts = Vec::new();
-            for key in ["system", "messages"] {
-                if let Some(v) = body.get(key) {
-                    strings(v, &mut texts);
-                }
-            }
+            let texts = request_texts(body);
             for rule in &self.deny {
                 if texts.iter().any(|t| rule.regex.is_match(t.as_bytes())) {
                     return Err(Violation { rule: rule.id.clone(), message: rule.message.clone() });
@@ -289,6 +488,43 @@ mod tests {
         assert_eq!(Policy::compile(raw).unwrap_err().field, "deny[0].regex");
         let raw: RawPolicy = serde_json::from_value(json!({"groups": {"eng": {"endpoints": ["v1/messages"]}}})).unwrap();
         assert_eq!(Policy::compile(raw).unwrap_err().field, "groups.eng.endpoints");
+    }
+
+    #[test]
+    fn approval_rules_match_after_deny_and_carry_the_matched_text_and_its_context() {
+        let raw: RawPolicy = serde_json::from_value(json!({
+            "approval": [
+                {"id": "customer-data", "message": "customer records", "regex": "CUST-[0-9]{6}", "approvals_required": 2},
+                {"id": "migrations", "message": "schema changes", "regex": "(?i)drop table"}
+            ]
+        }))
+        .unwrap();
+        let p = Policy::compile(raw).unwrap();
+        assert!(p.uses_recorder());
+        let needed = p.approvals_needed(&body("m", 1, "please look at CUST-123456 and DROP TABLE users"));
+        assert_eq!(needed.len(), 2);
+        assert_eq!(needed[0].rule, "customer-data");
+        assert_eq!(needed[0].matched, "CUST-123456");
+        assert_eq!(needed[0].approvals_required, 2);
+        assert_eq!(needed[0].ttl_seconds, 8 * 3600);
+        assert!(needed[0].context.contains("please look at CUST-123456"));
+        assert_eq!(needed[1].matched, "DROP TABLE");
+        assert!(p.approvals_needed(&body("m", 1, "nothing to see")).is_empty());
+        // Context is cut on character boundaries, never inside a multi-byte character.
+        let wide = format!("{}CUST-000001{}", "é".repeat(200), "ü".repeat(200));
+        let m = &p.approvals_needed(&body("m", 1, &wide))[0];
+        assert!(m.context.len() <= 120 * 2 + 11 && m.context.contains("CUST-000001"));
+    }
+
+    #[test]
+    fn approval_and_review_settings_are_checked_naming_the_field() {
+        let bad = |v: Value| Policy::compile(serde_json::from_value(v).unwrap()).unwrap_err().field;
+        assert_eq!(bad(json!({"approval": [{"id": "a", "message": "m", "regex": "x", "approvals_required": 0}]})), "approval[0].approvals_required");
+        assert_eq!(bad(json!({"approval": [{"id": "a", "message": "m", "regex": "["}]})), "approval[0].regex");
+        assert_eq!(bad(json!({"approval": [{"id": "", "message": "m", "regex": "x"}]})), "approval[0].id");
+        assert_eq!(bad(json!({"reviews": {"wait_seconds": 601}})), "reviews.wait_seconds");
+        assert_eq!(bad(json!({"reviews": {"grant_cache_seconds": 0}})), "reviews.grant_cache_seconds");
+        assert!(!Policy::compile(RawPolicy::default()).unwrap().uses_recorder());
     }
 
     #[test]

@@ -184,6 +184,21 @@ pub struct StorageUsage {
     pub content_bytes: u64,
 }
 
+/// A review or grant as stored: indexed fields plus its JSON body. Not part of the chain:
+/// every decision about one is appended to the chain as an event record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// `review` or `grant`.
+    pub kind: String,
+    pub id: String,
+    /// What it is found by besides its id (a review's fingerprint; empty for grants).
+    pub key: String,
+    pub subject: String,
+    pub issuer: String,
+    pub created_ms: i64,
+    pub body: String,
+}
+
 /// The storage contract every backend passes.
 pub trait Store: Send {
     /// Appends the batch to the chain in one transaction; returns after it is durable.
@@ -239,6 +254,20 @@ pub trait Store: Send {
     fn log_query(&mut self, entry: &QueryLogEntry) -> Result<(), StoreError> {
         let _ = entry;
         Err(StoreError::Unsupported("log_query"))
+    }
+    /// Inserts or replaces (same kind and id) a document; durable when it returns.
+    fn put_document(&mut self, doc: &Document) -> Result<(), StoreError> {
+        let _ = doc;
+        Err(StoreError::Unsupported("put_document"))
+    }
+    fn document(&self, kind: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        let _ = (kind, id);
+        Err(StoreError::Unsupported("document"))
+    }
+    /// Documents of `kind`, newest first, narrowed by `key` and `subject` when given.
+    fn documents(&self, kind: &str, key: Option<&str>, subject: Option<&str>) -> Result<Vec<Document>, StoreError> {
+        let _ = (kind, key, subject);
+        Err(StoreError::Unsupported("documents"))
     }
 }
 
@@ -300,5 +329,14 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn log_query(&mut self, entry: &QueryLogEntry) -> Result<(), StoreError> {
         (**self).log_query(entry)
+    }
+    fn put_document(&mut self, doc: &Document) -> Result<(), StoreError> {
+        (**self).put_document(doc)
+    }
+    fn document(&self, kind: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        (**self).document(kind, id)
+    }
+    fn documents(&self, kind: &str, key: Option<&str>, subject: Option<&str>) -> Result<Vec<Document>, StoreError> {
+        (**self).documents(kind, key, subject)
     }
 }

@@ -12,6 +12,7 @@
 
 use super::rows::{self, Columns, Verifier};
 use super::{
+    Document,
     Exchange, ExchangeFilter, PurgeReport, QueryLogEntry, SessionQuery, SessionSummary,
     StorageUsage, Store, StoreError, UserUsage, VerifyReport,
 };
@@ -56,6 +57,18 @@ CREATE TABLE IF NOT EXISTS query_log (
     query TEXT NOT NULL,
     status INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS documents (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS documents_by_key ON documents (kind, key, created_ms);
+CREATE INDEX IF NOT EXISTS documents_by_subject ON documents (kind, subject, created_ms);
 CREATE TABLE IF NOT EXISTS contents (hash TEXT PRIMARY KEY, bytes BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS chain_head (
     only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
@@ -582,5 +595,50 @@ impl Store for PostgresStore {
             ],
         )?;
         Ok(())
+    }
+
+    fn put_document(&mut self, d: &Document) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "INSERT INTO documents (kind, id, key, subject, issuer, created_ms, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (kind, id) DO UPDATE SET key = EXCLUDED.key, subject = EXCLUDED.subject,
+                 issuer = EXCLUDED.issuer, created_ms = EXCLUDED.created_ms, body = EXCLUDED.body",
+            &[&d.kind, &d.id, &d.key, &d.subject, &d.issuer, &d.created_ms, &d.body],
+        )?;
+        Ok(())
+    }
+
+    fn document(&self, kind: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        let row = self.client()?.query_opt(
+            &format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE kind = $1 AND id = $2"),
+            &[&kind, &id],
+        )?;
+        Ok(row.as_ref().map(document))
+    }
+
+    fn documents(&self, kind: &str, key: Option<&str>, subject: Option<&str>) -> Result<Vec<Document>, StoreError> {
+        let rows = self.client()?.query(
+            &format!(
+                "SELECT {DOCUMENT_COLUMNS} FROM documents
+                 WHERE kind = $1 AND ($2::text IS NULL OR key = $2) AND ($3::text IS NULL OR subject = $3)
+                 ORDER BY created_ms DESC, id DESC"
+            ),
+            &[&kind, &key, &subject],
+        )?;
+        Ok(rows.iter().map(document).collect())
+    }
+}
+
+const DOCUMENT_COLUMNS: &str = "kind, id, key, subject, issuer, created_ms, body";
+
+fn document(r: &Row) -> Document {
+    Document {
+        kind: r.get(0),
+        id: r.get(1),
+        key: r.get(2),
+        subject: r.get(3),
+        issuer: r.get(4),
+        created_ms: r.get(5),
+        body: r.get(6),
     }
 }

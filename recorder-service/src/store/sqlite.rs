@@ -9,6 +9,7 @@
 
 use super::rows::{self, Columns, Verifier};
 use super::{
+    Document,
     Exchange, ExchangeFilter, PurgeReport, QueryLogEntry, SessionQuery, SessionSummary,
     StorageUsage, Store, StoreError, UserUsage, VerifyReport,
 };
@@ -51,6 +52,18 @@ CREATE TABLE IF NOT EXISTS query_log (
     query TEXT NOT NULL,
     status INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS documents (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS documents_by_key ON documents (kind, key, created_ms);
+CREATE INDEX IF NOT EXISTS documents_by_subject ON documents (kind, subject, created_ms);
 CREATE TABLE IF NOT EXISTS contents (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL) WITHOUT ROWID;
 ";
 
@@ -502,4 +515,46 @@ impl Store for SqliteStore {
             ])?;
         Ok(())
     }
+
+    fn put_document(&mut self, d: &Document) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO documents (kind, id, key, subject, issuer, created_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![d.kind, d.id, d.key, d.subject, d.issuer, d.created_ms, d.body])?;
+        Ok(())
+    }
+
+    fn document(&self, kind: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE kind = ?1 AND id = ?2"))?
+            .query_row(params![kind, id], document_row)
+            .optional()?)
+    }
+
+    fn documents(&self, kind: &str, key: Option<&str>, subject: Option<&str>) -> Result<Vec<Document>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents
+             WHERE kind = ?1 AND (?2 IS NULL OR key = ?2) AND (?3 IS NULL OR subject = ?3)
+             ORDER BY created_ms DESC, id DESC"
+        ))?;
+        let rows = stmt.query_map(params![kind, key, subject], document_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+const DOCUMENT_COLUMNS: &str = "kind, id, key, subject, issuer, created_ms, body";
+
+fn document_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Document> {
+    Ok(Document {
+        kind: r.get(0)?,
+        id: r.get(1)?,
+        key: r.get(2)?,
+        subject: r.get(3)?,
+        issuer: r.get(4)?,
+        created_ms: r.get(5)?,
+        body: r.get(6)?,
+    })
 }
