@@ -52,6 +52,26 @@ pub struct ApiConfig {
     pub auditor_group: String,
     /// Certificates trusted for https `jwks_uri`s besides the system's roots (a private CA).
     pub jwks_roots: Vec<reqwest::Certificate>,
+    /// Members decide reviews and grants (never their own).
+    pub approver_group: String,
+    /// The token the gateway's filter presents on the internal routes; `None` disables them.
+    pub service_token: Option<String>,
+    /// Longest just-in-time grant that may be asked for, in seconds.
+    pub max_grant_seconds: u64,
+}
+
+impl ApiConfig {
+    /// Auditing only: no approvals, no grants.
+    pub fn auditing(auth: Config, auditor_group: &str) -> ApiConfig {
+        ApiConfig {
+            auth,
+            auditor_group: auditor_group.into(),
+            jwks_roots: Vec::new(),
+            approver_group: "approvers".into(),
+            service_token: None,
+            max_grant_seconds: 8 * 3600,
+        }
+    }
 }
 
 /// Opens one more connection to the store (the API keeps a few, apart from ingest's).
@@ -71,6 +91,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The thing is not in a state that allows this (a review already decided, say).
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed (logged in full; the client sees a generic message).
     #[error("audit store error: {0}")]
     Store(#[from] StoreError),
@@ -85,6 +108,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => {
                 anthropic_error(404, "not_found_error", &self.to_string(), false)
             }
+            ApiError::Conflict(m) => anthropic_error(409, "invalid_request_error", m, false),
             ApiError::Store(e) => {
                 log::error!("query failed: {e}");
                 anthropic_error(
@@ -113,6 +137,9 @@ pub struct Caller {
     pub subject: String,
     /// Member of the auditor group: sees every user's exchanges.
     pub auditor: bool,
+    pub issuer: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
 }
 
 /// The signing keys of each configured issuer (`sets[i]` for `config.issuers[i]`), inline
@@ -195,13 +222,13 @@ impl Keys {
 }
 
 /// A few idle store connections; queries run on blocking threads (the store is synchronous).
-struct Pool {
+pub(crate) struct Pool {
     open: OpenStore,
     idle: Mutex<Vec<Box<dyn Store>>>,
 }
 
 impl Pool {
-    async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -225,6 +252,10 @@ impl Pool {
 }
 
 struct Inner {
+    /// Woken whenever a review or grant is decided (long polls re-read).
+    decided: tokio::sync::Notify,
+    /// Serialises read-modify-write of reviews and grants.
+    write_lock: tokio::sync::Mutex<()>,
     config: ApiConfig,
     keys: Arc<Keys>,
     pool: Arc<Pool>,
@@ -273,6 +304,8 @@ impl Api {
             None
         };
         Api(Arc::new(Inner {
+            decided: tokio::sync::Notify::new(),
+            write_lock: tokio::sync::Mutex::new(()),
             config,
             keys,
             pool: Arc::new(Pool {
@@ -283,8 +316,53 @@ impl Api {
         }))
     }
 
-    /// Verifies the `Authorization: Bearer` token and decides the caller's scope.
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.0.pool
+    }
+
+    pub(crate) fn decided(&self) -> &tokio::sync::Notify {
+        &self.0.decided
+    }
+
+    pub(crate) async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.write_lock.lock().await
+    }
+
+    pub(crate) fn service_token(&self) -> Option<&str> {
+        self.0.config.service_token.as_deref()
+    }
+
+    pub(crate) fn max_grant_seconds(&self) -> u64 {
+        self.0.config.max_grant_seconds
+    }
+
+    pub(crate) fn is_approver(&self, caller: &Caller) -> bool {
+        caller.groups.contains(&self.0.config.approver_group)
+    }
+
+    /// Verifies the `Authorization: Bearer` token and decides the caller's scope: auditors,
+    /// approvers and the allowed groups may query.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let caller = self.identify(headers).await?;
+        let config = &self.0.config;
+        // Auditors and approvers may query whatever `allowed_groups` says; everyone else
+        // needs one of them.
+        if !caller.auditor && !caller.groups.contains(&config.approver_group) {
+            let identity = auth::Identity {
+                subject: caller.subject.clone(),
+                email: caller.email.clone(),
+                issuer: caller.issuer.clone(),
+                groups: caller.groups.clone(),
+                expires_at: 0,
+            };
+            auth::authorize(&config.auth, &identity)?;
+        }
+        Ok(caller)
+    }
+
+    /// Verifies the token without asking for a permitted group (grant requests come from
+    /// callers outside them).
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let config = &self.0.config;
         let authorization = headers
             .get(axum::http::header::AUTHORIZATION)
@@ -317,14 +395,12 @@ impl Api {
                 }
             }
         };
-        let auditor = identity.groups.contains(&config.auditor_group);
-        // Auditors may query whatever `allowed_groups` says; everyone else needs one of them.
-        if !auditor {
-            auth::authorize(&config.auth, &identity)?;
-        }
         Ok(Caller {
-            auditor,
+            auditor: identity.groups.contains(&config.auditor_group),
             subject: identity.subject,
+            issuer: identity.issuer,
+            email: identity.email,
+            groups: identity.groups,
         })
     }
 }
@@ -346,9 +422,13 @@ pub fn router(api: Api) -> Router {
         .route("/v1/usage", get(usage))
         .route("/v1/export", get(export))
         .layer(axum::middleware::from_fn_with_state(api.clone(), guard));
+    let approvals = crate::reviews::approver_routes()
+        .layer(axum::middleware::from_fn_with_state(api.clone(), guard_identified));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(v1)
+        .merge(approvals)
+        .merge(crate::reviews::internal_routes())
         .with_state(api)
 }
 
@@ -364,11 +444,25 @@ pub async fn serve(
 }
 
 /// Authenticates, runs the handler with the [`Caller`], and logs the query with its status.
-async fn guard(State(api): State<Api>, mut request: Request, next: Next) -> Response {
+async fn guard(State(api): State<Api>, request: Request, next: Next) -> Response {
+    guarded(api, request, next, true).await
+}
+
+/// As [`guard`], for routes open to any verified caller (grant requests, own reviews).
+async fn guard_identified(State(api): State<Api>, request: Request, next: Next) -> Response {
+    guarded(api, request, next, false).await
+}
+
+async fn guarded(api: Api, mut request: Request, next: Next, need_group: bool) -> Response {
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
-    let (response, subject, auditor) = match api.authenticate(request.headers()).await {
+    let caller = if need_group {
+        api.authenticate(request.headers()).await
+    } else {
+        api.identify(request.headers()).await
+    };
+    let (response, subject, auditor) = match caller {
         Ok(caller) => {
             let (subject, auditor) = (caller.subject.clone(), caller.auditor);
             request.extensions_mut().insert(caller);

@@ -151,45 +151,10 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Reads the auth configuration, binds `listen` and starts serving (inside a runtime).
-    pub async fn start(
-        listen: &str,
-        auth_config: &Path,
-        auditor_group: String,
-        jwks_ca: Option<&Path>,
-        db: String,
-    ) -> Result<ApiServer, CliError> {
-        let jwks_roots = match jwks_ca {
-            None => Vec::new(),
-            Some(path) => {
-                let bad = |message: String| CliError::JwksCa { path: path.display().to_string(), message };
-                let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-                let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
-                if roots.is_empty() {
-                    return Err(bad("no PEM certificate in the file".into()));
-                }
-                roots
-            }
-        };
-        let bytes = std::fs::read(auth_config).map_err(|e| CliError::AuthConfig {
-            path: auth_config.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let auth =
-            scrim_core::config::Config::from_json(&bytes).map_err(|e| CliError::AuthConfig {
-                path: auth_config.display().to_string(),
-                message: e.to_string(),
-            })?;
+    /// Binds `listen` and starts serving (inside a runtime).
+    pub async fn start(listen: &str, config: ApiConfig, db: String) -> Result<ApiServer, CliError> {
         let open: api::OpenStore = Arc::new(move || store::open(&db));
-        let api = Api::start(
-            ApiConfig {
-                auth,
-                auditor_group,
-                jwks_roots,
-            },
-            open,
-        )
-        .await;
+        let api = Api::start(config, open).await;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         log::info!("auditor API on http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -288,4 +253,45 @@ pub fn with_elapsed<T>(what: &str, total: u64, f: impl FnOnce() -> T) -> T {
         );
         result
     })
+}
+
+/// The API's configuration from `serve`'s flags: the token check in the filter's format, the
+/// CA file for https JWKS, the service token file.
+pub fn api_config(
+    auth_config: &Path,
+    auditor_group: &str,
+    jwks_ca: Option<&Path>,
+    approver_group: &str,
+    service_token_file: Option<&Path>,
+    max_grant_seconds: u64,
+) -> Result<ApiConfig, CliError> {
+    let bytes = std::fs::read(auth_config).map_err(|e| CliError::AuthConfig {
+        path: auth_config.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let auth = scrim_core::config::Config::from_json(&bytes).map_err(|e| CliError::AuthConfig {
+        path: auth_config.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut config = ApiConfig::auditing(auth, auditor_group);
+    if let Some(path) = jwks_ca {
+        let bad = |message: String| CliError::JwksCa { path: path.display().to_string(), message };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        config.jwks_roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if config.jwks_roots.is_empty() {
+            return Err(bad("no PEM certificate in the file".into()));
+        }
+    }
+    if let Some(path) = service_token_file {
+        let bad = |message: String| CliError::ServiceToken { path: path.display().to_string(), message };
+        let token = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let token = token.trim();
+        if token.len() < 32 {
+            return Err(bad("the token must be at least 32 characters".into()));
+        }
+        config.service_token = Some(token.to_string());
+    }
+    config.approver_group = approver_group.to_string();
+    config.max_grant_seconds = max_grant_seconds;
+    Ok(config)
 }

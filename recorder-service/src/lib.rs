@@ -12,6 +12,7 @@
 //! - [`time`]: formatting epoch milliseconds for people.
 //! - [`api`]: the auditors' HTTP/JSON query API (OIDC tokens, scoped per caller, logged).
 //! - [`replay`]: a session rebuilt as the developer saw it, masked spans located.
+//! - [`reviews`]: human approvals and just-in-time grants the gateway's filter asks about.
 
 pub mod api;
 pub mod chain;
@@ -20,5 +21,6 @@ pub mod envoy;
 pub mod ingest;
 pub mod record;
 pub mod replay;
+pub mod reviews;
 pub mod store;
 pub mod time;

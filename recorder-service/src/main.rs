@@ -140,6 +140,17 @@ struct ServeArgs {
     /// Members of this group see every user's sessions; others only their own.
     #[arg(long, default_value = "auditors")]
     auditor_group: String,
+    /// Members of this group approve or reject reviews and grants (never their own).
+    #[arg(long, default_value = "approvers")]
+    approver_group: String,
+    /// File holding the token the gateway's filter presents to ask about reviews and grants
+    /// (at least 32 characters; Envoy has it as SCRIM_RECORDER_SERVICE_TOKEN). Without it
+    /// the filter's routes are off.
+    #[arg(long, env = "SCRIM_RECORDER_SERVICE_TOKEN_FILE", requires = "auth_config")]
+    service_token_file: Option<PathBuf>,
+    /// Longest just-in-time grant a user may ask for, in seconds.
+    #[arg(long, default_value_t = 8 * 3600)]
+    max_grant_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -177,6 +188,8 @@ enum CliError {
     AuthConfig { path: String, message: String },
     #[error("--jwks-ca-file {path}: {message}")]
     JwksCa { path: String, message: String },
+    #[error("--service-token-file {path}: {message}")]
+    ServiceToken { path: String, message: String },
     #[error("{flag} {value}: not epoch ms, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")]
     BadTime { flag: &'static str, value: String },
 }
@@ -358,9 +371,14 @@ fn serve(store: Box<dyn Store>, args: ServeArgs, db: String) -> Result<(), CliEr
             (Some(listen), Some(auth)) => Some(
                 audit_cli::ApiServer::start(
                     listen,
-                    auth,
-                    args.auditor_group.clone(),
-                    args.jwks_ca_file.as_deref(),
+                    audit_cli::api_config(
+                        auth,
+                        &args.auditor_group,
+                        args.jwks_ca_file.as_deref(),
+                        &args.approver_group,
+                        args.service_token_file.as_deref(),
+                        args.max_grant_seconds,
+                    )?,
                     db,
                 )
                 .await?,

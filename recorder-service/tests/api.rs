@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const ISSUER: &str = "https://idp.test";
+/// What the gateway's filter presents on the internal routes in these tests.
+const SERVICE_TOKEN: &str = "test-service-token-0123456789abcdef0123456789";
 const T0: i64 = 1_700_000_000;
 
 /// An ES256 signing key and its public JWK.
@@ -155,9 +157,9 @@ impl Server {
         let open: OpenStore = Arc::new(move || store::open(&path));
         let api = Api::start(
             ApiConfig {
-                auth,
-                auditor_group: "auditors".into(),
-                jwks_roots: Vec::new(),
+                service_token: Some(SERVICE_TOKEN.into()),
+                max_grant_seconds: 3600,
+                ..ApiConfig::auditing(auth, "auditors")
             },
             open,
         )
@@ -187,6 +189,32 @@ impl Server {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.text().await.unwrap())
+    }
+
+    /// POST `body` with a token of `sub` in `groups`.
+    async fn post(&self, sub: &str, groups: &[&str], path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("http://{}{path}", self.addr))
+            .bearer_auth(self.idp.token(sub, groups))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A call of the gateway's filter with `token` as its service token.
+    async fn internal(&self, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.addr);
+        let request = match body {
+            Some(b) => self.http.post(url).json(&b),
+            None => self.http.get(url),
+        };
+        let response = request.bearer_auth(token).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     async fn json(&self, sub: &str, groups: &[&str], path: &str) -> Value {
@@ -598,4 +626,148 @@ async fn serve_answers_auditors_on_its_http_listener() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 2, "{list}");
+}
+
+fn review_request(sub: &str, session: &str, matched: &str, approvals_required: u32) -> Value {
+    json!({
+        "fingerprint": scrim_core::review::fingerprint(ISSUER, sub, session, "prod-hosts", matched),
+        "rule": "prod-hosts", "rule_message": "production hostnames",
+        "approvals_required": approvals_required, "ttl_seconds": 3600,
+        "user": {"subject": sub, "issuer": ISSUER, "groups": ["dev"]},
+        "session_id": session, "exchange_id": "x-1", "excerpt": format!("ssh {matched}")
+    })
+}
+
+const APPROVER: (&str, &[&str]) = ("dana", &["approvers"]);
+const APPROVER2: (&str, &[&str]) = ("erin", &["approvers"]);
+
+#[tokio::test]
+async fn internal_routes_need_the_service_token() {
+    let s = Server::start().await;
+    let (status, _) = s.internal("wrong", "/internal/v1/reviews", Some(review_request("alice", "s1", "db.prod", 1))).await;
+    assert_eq!(status, 401);
+    let (status, _) = s.internal(&s.idp.token("alice", &["dev"]), "/internal/v1/grants/active?issuer=x&sub=y", None).await;
+    assert_eq!(status, 401, "a user's own token is not the gateway's");
+    let (status, body) = s.internal(SERVICE_TOKEN, "/internal/v1/reviews", Some(review_request("alice", "s1", "db.prod", 1))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn review_is_opened_once_per_fingerprint_and_approved_by_someone_else() {
+    let s = Server::start().await;
+    let req = review_request("alice", "s1", "db.prod", 1);
+    let (_, first) = s.internal(SERVICE_TOKEN, "/internal/v1/reviews", Some(req.clone())).await;
+    assert_eq!(first["status"], "pending");
+    let id = first["id"].as_str().unwrap().to_string();
+    let (_, again) = s.internal(SERVICE_TOKEN, "/internal/v1/reviews", Some(req.clone())).await;
+    assert_eq!(again["id"], first["id"], "the same content in the same session maps to the same review");
+    let (_, other) = s.internal(SERVICE_TOKEN, "/internal/v1/reviews", Some(review_request("alice", "s2", "db.prod", 1))).await;
+    assert_ne!(other["id"], first["id"], "another session needs its own review");
+
+    // The requester cannot decide, even as an approver; a non-approver cannot either.
+    let (status, _) = s.post("alice", &["dev", "approvers"], &format!("/v1/reviews/{id}/approve"), json!({"reason": "mine"})).await;
+    assert_eq!(status, 403);
+    let (status, _) = s.post("bob", &["dev"], &format!("/v1/reviews/{id}/approve"), json!({"reason": "sure"})).await;
+    assert_eq!(status, 403);
+    let (status, _) = s.post(APPROVER.0, APPROVER.1, &format!("/v1/reviews/{id}/approve"), json!({"reason": ""})).await;
+    assert_eq!(status, 400, "a reason is required");
+    let (status, approved) = s.post(APPROVER.0, APPROVER.1, &format!("/v1/reviews/{id}/approve"), json!({"reason": "known host"})).await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["status"], "approved");
+    assert!(approved["expires_at_ms"].as_i64().unwrap() > 0);
+    let (status, _) = s.post(APPROVER2.0, APPROVER2.1, &format!("/v1/reviews/{id}/reject"), json!({"reason": "late"})).await;
+    assert_eq!(status, 409, "a decided review stays decided");
+
+    // Alice sees her own reviews only; the approver sees all; the chain holds the events.
+    let own = s.json("alice", &["dev"], "/v1/reviews").await;
+    assert_eq!(own["data"].as_array().unwrap().len(), 2);
+    let (_, bobs) = s.internal(SERVICE_TOKEN, "/internal/v1/reviews", Some(review_request("bob", "s9", "db.prod", 1))).await;
+    let all = s.json(APPROVER.0, APPROVER.1, "/v1/reviews?status=pending").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 2);
+    let (status, _) = s.get("alice", &["dev"], &format!("/v1/reviews/{}", bobs["id"].as_str().unwrap())).await;
+    assert_eq!(status, 404, "others' reviews are invisible");
+    let reasons: Vec<String> = SqliteStore::open(&s.db)
+        .unwrap()
+        .session("s1")
+        .unwrap()
+        .into_iter()
+        .filter_map(|x| x.stored.record.reason)
+        .collect();
+    assert_eq!(reasons, ["review.requested", "review.approved"]);
+    assert!(SqliteStore::open(&s.db).unwrap().verify().unwrap().problems.is_empty());
+}
+
+#[tokio::test]
+async fn two_approvers_are_needed_when_the_rule_says_so() {
+    let s = Server::start().await;
+    let (_, review) = s.internal(SERVICE_TOKEN, "/internal/v1/reviews", Some(review_request("alice", "s1", "db.prod", 2))).await;
+    let id = review["id"].as_str().unwrap();
+    let path = format!("/v1/reviews/{id}/approve");
+    let reason = json!({"reason": "ok"});
+    assert_eq!(s.post(APPROVER.0, APPROVER.1, &path, reason.clone()).await.1["status"], "pending");
+    assert_eq!(s.post(APPROVER.0, APPROVER.1, &path, reason.clone()).await.1["status"], "pending", "the same approver counts once");
+    assert_eq!(s.post(APPROVER2.0, APPROVER2.1, &path, reason).await.1["status"], "approved");
+}
+
+#[tokio::test]
+async fn long_poll_returns_as_soon_as_the_decision_lands() {
+    let s = Arc::new(Server::start().await);
+    let (_, review) = s.internal(SERVICE_TOKEN, "/internal/v1/reviews", Some(review_request("alice", "s1", "db.prod", 1))).await;
+    let id = review["id"].as_str().unwrap().to_string();
+    let poller = {
+        let (s, id) = (s.clone(), id.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let (_, answer) = s.internal(SERVICE_TOKEN, &format!("/internal/v1/reviews/{id}?wait_ms=30000"), None).await;
+            (answer, started.elapsed())
+        })
+    };
+    // The decision comes half a second into the poll: the answer must come with it, not
+    // before (the poll really waited) and not at the 30 s limit.
+    let delay = std::time::Duration::from_millis(500);
+    tokio::time::sleep(delay).await;
+    let (status, _) = s.post(APPROVER.0, APPROVER.1, &format!("/v1/reviews/{id}/reject"), json!({"reason": "no"})).await;
+    assert_eq!(status, 200);
+    let (answer, waited) = poller.await.unwrap();
+    assert_eq!(answer["status"], "rejected");
+    assert!(waited >= delay, "answered before the decision ({waited:?})");
+    assert!(waited < std::time::Duration::from_secs(10), "returned at the decision, not at the 30 s limit ({waited:?})");
+    let (_, quick) = s.internal(SERVICE_TOKEN, &format!("/internal/v1/reviews/{id}?wait_ms=30000"), None).await;
+    assert_eq!(quick["status"], "rejected", "a decided review answers at once");
+}
+
+#[tokio::test]
+async fn grants_are_asked_for_by_anyone_decided_by_approvers_and_revocable() {
+    let s = Server::start().await;
+    async fn active(s: &Server) -> bool {
+        let path = format!("/internal/v1/grants/active?issuer={ISSUER}&sub=frank");
+        s.internal(SERVICE_TOKEN, &path, None).await.1["active"].as_bool().unwrap()
+    }
+    // frank is in no allowed group, yet may ask.
+    let (status, _) = s.post("frank", &["contractors"], "/v1/grants", json!({"duration_seconds": 7200, "reason": "x"})).await;
+    assert_eq!(status, 400, "longer than the configured maximum");
+    let (status, grant) = s.post("frank", &["contractors"], "/v1/grants", json!({"duration_seconds": 600, "reason": "incident 42"})).await;
+    assert_eq!(status, 200, "{grant}");
+    let id = grant["id"].as_str().unwrap();
+    assert!(!active(&s).await, "pending is not active");
+    let (status, _) = s.post("frank", &["contractors", "approvers"], &format!("/v1/grants/{id}/approve"), json!({"reason": "me"})).await;
+    assert_eq!(status, 403, "no self-approval");
+    let (status, approved) = s.post(APPROVER.0, APPROVER.1, &format!("/v1/grants/{id}/approve"), json!({"reason": "on call"})).await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["status"], "active");
+    assert!(active(&s).await);
+    let own = s.json("frank", &["contractors"], "/v1/grants").await;
+    assert_eq!(own["data"][0]["status"], "active");
+    let (status, revoked) = s.post(APPROVER2.0, APPROVER2.1, &format!("/v1/grants/{id}/revoke"), json!({"reason": "done"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(revoked["status"], "revoked");
+    assert!(!active(&s).await);
+    let events: Vec<String> = SqliteStore::open(&s.db)
+        .unwrap()
+        .session("grants:frank")
+        .unwrap()
+        .into_iter()
+        .filter_map(|x| x.stored.record.reason)
+        .collect();
+    assert_eq!(events, ["grant.requested", "grant.approved", "grant.revoked"]);
 }

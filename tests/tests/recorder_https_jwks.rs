@@ -16,7 +16,7 @@ async fn serve_api(issuer: &str, jwks_uri: &str, roots: Vec<reqwest::Certificate
     let auth = scrim_core::config::Config::from_json(dev_filter_config(issuer, jwks_uri).to_string().as_bytes())
         .expect("dev configuration parses");
     let open: OpenStore = Arc::new(move || store::open(&db));
-    let api = Api::start(ApiConfig { auth, auditor_group: "auditors".into(), jwks_roots: roots }, open).await;
+    let api = Api::start(ApiConfig { jwks_roots: roots, ..ApiConfig::auditing(auth, "auditors") }, open).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(api::serve(listener, api::router(api), std::future::pending()));

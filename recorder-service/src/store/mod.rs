@@ -29,6 +29,9 @@ pub enum StoreError {
     },
     #[error("database schema version {found} is not {expected}")]
     SchemaVersion { found: String, expected: String },
+    /// A stored review or grant no longer parses.
+    #[error("stored document cannot be read: {0}")]
+    Corrupt(String),
     /// The backend does not implement this operation yet.
     #[error("this store does not support {0} yet")]
     Unsupported(&'static str),

@@ -160,7 +160,7 @@ async fn start_audit_api(listener: tokio::net::TcpListener, issuer: &str, jwks_u
     let auth = scrim_core::config::Config::from_json(auth.to_string().as_bytes()).map_err(|e| e.to_string())?;
     let db = db.to_string_lossy().to_string();
     let open: api::OpenStore = std::sync::Arc::new(move || scrim_recorder::store::open(&db));
-    let api = api::Api::start(api::ApiConfig { auth, auditor_group: AUDITOR_GROUP.into(), jwks_roots: Vec::new() }, open).await;
+    let api = api::Api::start(api::ApiConfig::auditing(auth, AUDITOR_GROUP), open).await;
     tokio::spawn(api::serve(listener, api::router(api), std::future::pending()));
     Ok(())
 }
