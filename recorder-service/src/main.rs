@@ -1,6 +1,7 @@
 //! `scrim-recorder`: the recorder's command line (serve, sessions, replay, usage, verify,
 //! export, purge).
 
+mod approvals_cli;
 mod audit_cli;
 
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,15 @@ Examples:
   # Requests, tokens, masked secrets and refusals per user in March 2025
   scrim-recorder --db audit.db usage --from 2025-03-01 --to 2025-04-01
 
+  # Approvers: pending reviews, then a decision (token of a member of the approver group)
+  SCRIM_TOKEN=$APPROVER_TOKEN scrim-recorder reviews list --status pending
+  SCRIM_TOKEN=$APPROVER_TOKEN scrim-recorder reviews approve rv-1a2b3c4d5e6f7a8b --reason 'known host'
+
+  # A contractor asks for two hours of access; an approver grants it, later revokes it
+  SCRIM_TOKEN=$MY_TOKEN scrim-recorder grants request --duration 2h --reason 'incident 42'
+  SCRIM_TOKEN=$APPROVER_TOKEN scrim-recorder grants approve gr-0a1b2c3d4e5f6a7b --reason 'on call'
+  SCRIM_TOKEN=$APPROVER_TOKEN scrim-recorder grants revoke gr-0a1b2c3d4e5f6a7b --reason 'done'
+
   # Several recorders sharing one PostgreSQL database
   scrim-recorder --db postgres://scrim@db.internal/audit serve --grpc-listen 0.0.0.0:9901";
 
@@ -61,6 +71,8 @@ struct Cli {
     db: String,
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    target: approvals_cli::ApiTarget,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +82,12 @@ enum Command {
     /// List or show sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Reviews of requests held by approval rules (through the HTTP API, with your token).
+    #[command(subcommand)]
+    Reviews(approvals_cli::ReviewsCommand),
+    /// Just-in-time grants (through the HTTP API, with your token).
+    #[command(subcommand)]
+    Grants(approvals_cli::GrantsCommand),
     /// Walk the hash chain and report altered, inserted or deleted records.
     Verify {
         /// Print the report as JSON.
@@ -190,6 +208,8 @@ enum CliError {
     JwksCa { path: String, message: String },
     #[error("--service-token-file {path}: {message}")]
     ServiceToken { path: String, message: String },
+    #[error("{0}")]
+    Approvals(#[from] approvals_cli::ApprovalsError),
     #[error("{flag} {value}: not epoch ms, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")]
     BadTime { flag: &'static str, value: String },
 }
@@ -208,6 +228,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Reviews(command) => {
+            approvals_cli::reviews(&cli.target, command)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Grants(command) => {
+            approvals_cli::grants(&cli.target, command)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let mut store = store::open(&cli.db)?;
     let mut out = std::io::stdout().lock();
     match cli.command {
@@ -307,6 +338,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             audit_cli::usage(&*store, args, &mut out)?
         }
+        Command::Reviews(_) | Command::Grants(_) => unreachable!("answered before the store is opened"),
         Command::Purge { older_than, json } => {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
