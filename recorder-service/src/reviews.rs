@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use scrim_core::audit::{AuditRecord, AuditUser, ContentMode, Decision, Timings, RECORD_VERSION};
+use scrim_core::audit::{AuditRecord, AuditUser, Decision};
 use scrim_core::review::{ReviewDecision, ReviewRequest, ReviewState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -146,24 +146,10 @@ fn event(kind: &str, actor: AuditUser, session_id: &str, path: &str, detail: ser
     let id = new_id("evt");
     StoredRecord {
         record: AuditRecord {
-            version: RECORD_VERSION,
-            exchange_id: id.clone(),
-            session_id: session_id.into(),
             user: Some(actor),
-            method: "POST".into(),
-            endpoint: path.into(),
-            model: None,
-            decision: Decision::Allowed,
             reason: Some(kind.into()),
-            content_mode: ContentMode::default(),
-            masked: Vec::new(),
             request: Some(detail),
-            response: None,
-            usage: None,
-            timings: Timings::default(),
-            stream: false,
-            client_disconnected: false,
-            truncated: false,
+            ..AuditRecord::new(id.clone(), session_id, "POST", path, Decision::Allowed)
         },
         envoy: EnvoyFields { start_time_ms: Some(now_ms), request_id: Some(id), ..Default::default() },
     }

@@ -59,6 +59,11 @@ pub struct EnvoyOptions {
     pub idp: SocketAddr,
     /// The recorder's gRPC access-log listener.
     pub recorder_port: u16,
+    /// The recorder's HTTP API (reviews and grants).
+    pub recorder_api_port: u16,
+    /// The token the recorder's review and grant routes expect, given to Envoy's environment
+    /// as `SCRIM_RECORDER_SERVICE_TOKEN`.
+    pub recorder_token: String,
     /// How often Envoy ships buffered access-log entries (`1s` in production, shorter in tests).
     pub audit_flush_interval: std::time::Duration,
     /// The filter's plugin configuration (see filter/core/src/config.rs).
@@ -143,6 +148,7 @@ pub fn render(opts: &EnvoyOptions) -> Result<String, String> {
         ("IDP_ADDRESS", yaml_string(&opts.idp.ip().to_string())),
         ("IDP_PORT", opts.idp.port().to_string()),
         ("RECORDER_PORT", opts.recorder_port.to_string()),
+        ("RECORDER_API_PORT", opts.recorder_api_port.to_string()),
         ("AUDIT_FLUSH_INTERVAL", format!("{}s", opts.audit_flush_interval.as_secs_f64())),
     ]);
     fill(&read("dev.yaml.tmpl")?, &v)
@@ -176,7 +182,7 @@ impl Envoy {
             &opts.run_dir,
             "envoy",
             opts.concurrency,
-            &opts.api_key,
+            &[("ANTHROPIC_API_KEY", &opts.api_key), ("SCRIM_RECORDER_SERVICE_TOKEN", &opts.recorder_token)],
             loopback(opts.admin_port),
         )
         .await?;
@@ -192,7 +198,7 @@ impl Envoy {
         run_dir: &Path,
         name: &str,
         concurrency: usize,
-        api_key: &str,
+        env: &[(&str, &str)],
         admin: SocketAddr,
     ) -> Result<Envoy, String> {
         let binary = paths::envoy_binary();
@@ -210,7 +216,7 @@ impl Envoy {
             .arg(&config_path)
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--log-level", "info", "--disable-hot-restart"])
-            .env("ANTHROPIC_API_KEY", api_key)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -2,15 +2,26 @@
 //! and `make run`, with a handle to query what it stored.
 
 use scrim_recorder::ingest::{serve, Ingest, IngestConfig, IngestStats, SharedStore, StatsSnapshot};
+use scrim_recorder::api::{self, ApiConfig};
 use scrim_recorder::store::sqlite::SqliteStore;
+use scrim_recorder::store;
 use scrim_recorder::store::{Exchange, SessionQuery, SessionSummary};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The recorder's HTTP API beside ingest: where it listens and how it is configured.
+pub struct RecorderApi {
+    pub listener: tokio::net::TcpListener,
+    pub config: ApiConfig,
+}
+
 pub struct Recorder {
     pub addr: SocketAddr,
+    /// The HTTP API's address, when it serves one.
+    pub api_addr: Option<SocketAddr>,
+    api_config: Option<ApiConfig>,
     pub db: PathBuf,
     config: IngestConfig,
     store: SharedStore,
@@ -23,11 +34,26 @@ pub struct Recorder {
 impl Recorder {
     /// Serves on `listener` from a runtime of its own, so `kill` can end every connection at
     /// once the way a crashed process would.
-    pub async fn start(listener: tokio::net::TcpListener, db: &Path, config: IngestConfig) -> Result<Recorder, String> {
+    pub async fn start(
+        listener: tokio::net::TcpListener,
+        db: &Path,
+        config: IngestConfig,
+        api: Option<RecorderApi>,
+    ) -> Result<Recorder, String> {
         let store = SqliteStore::open(db).map_err(|e| format!("recorder store {}: {e}", db.display()))?;
         let store: SharedStore = Arc::new(Mutex::new(store));
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let listener = listener.into_std().map_err(|e| e.to_string())?;
+        let api_addr = match &api {
+            Some(a) => Some(a.listener.local_addr().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let api_config = api.as_ref().map(|a| a.config.clone());
+        let api = match api {
+            Some(a) => Some((a.listener.into_std().map_err(|e| e.to_string())?, a.config)),
+            None => None,
+        };
+        let db_path = db.display().to_string();
         let ingest = Ingest::new(store.clone(), config);
         let stats = ingest.stats();
         let (kill, killed) = std::sync::mpsc::channel::<()>();
@@ -41,10 +67,28 @@ impl Recorder {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
                 let _ = serve(listener, ingest, std::future::pending()).await;
             });
+            if let Some((listener, config)) = api {
+                runtime.spawn(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                    let open: api::OpenStore = Arc::new(move || store::open(&db_path));
+                    let api = api::Api::start(config, open).await;
+                    let _ = api::serve(listener, api::router(api), std::future::pending()).await;
+                });
+            }
             let _ = killed.recv();
             runtime.shutdown_background();
         });
-        Ok(Recorder { addr, db: db.to_path_buf(), config, store, stats, kill: Some(kill), thread: Some(thread) })
+        Ok(Recorder {
+            addr,
+            api_addr,
+            api_config,
+            db: db.to_path_buf(),
+            config,
+            store,
+            stats,
+            kill: Some(kill),
+            thread: Some(thread),
+        })
     }
 
     /// Dies at once, as a crashed process would: every connection is cut, nothing beyond what
@@ -64,9 +108,21 @@ impl Recorder {
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .map_err(|e| format!("rebind {}: {e}", self.addr))?;
+        let api = match (self.api_addr, self.api_config.clone()) {
+            (Some(addr), Some(config)) => Some(RecorderApi {
+                listener: tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("rebind {addr}: {e}"))?,
+                config,
+            }),
+            _ => None,
+        };
         let db = self.db.clone();
-        *self = Recorder::start(listener, &db, self.config).await?;
+        *self = Recorder::start(listener, &db, self.config, api).await?;
         Ok(())
+    }
+
+    /// The HTTP API's base URL (`http://127.0.0.1:port`).
+    pub fn api_url(&self) -> String {
+        self.api_addr.map(|a| format!("http://{a}")).unwrap_or_default()
     }
 
     /// What ingest counted since this (re)start: stored, rejected and why.

@@ -4,7 +4,8 @@
 use crate::envoy::{free_port, Envoy, EnvoyOptions, Upstream};
 use crate::idp::DevIdp;
 use crate::keys::SigningKey;
-use crate::recorder::Recorder;
+use crate::recorder::{Recorder, RecorderApi};
+use scrim_recorder::api::ApiConfig;
 use scrim_recorder::ingest::IngestConfig;
 use crate::stand_in::ClaudeStandIn;
 use crate::tls_front::TlsFront;
@@ -98,7 +99,25 @@ pub struct Stack {
     pub recorder: Recorder,
     pub tls_front: Option<TlsFront>,
     pub api_key: String,
+    /// What the recorder's review and grant routes expect from Envoy.
+    pub recorder_token: String,
     pub run_dir: PathBuf,
+}
+
+/// Members decide reviews and grants in test stacks and `make run`.
+pub const APPROVER_GROUP: &str = "approvers";
+
+/// The recorder's API configuration for a dev identity provider: dev and approver tokens may
+/// query, approvers decide, the filter presents `service_token`.
+pub fn dev_recorder_api(issuer: &str, jwks_uri: &str, auditor_group: &str, service_token: &str) -> Result<ApiConfig, String> {
+    let mut auth = dev_filter_config(issuer, jwks_uri);
+    auth["allowed_groups"] = json!([DEV_GROUP, auditor_group]);
+    let auth = scrim_core::config::Config::from_json(auth.to_string().as_bytes()).map_err(|e| e.to_string())?;
+    Ok(ApiConfig {
+        approver_group: APPROVER_GROUP.into(),
+        service_token: Some(service_token.into()),
+        ..ApiConfig::auditing(auth, auditor_group)
+    })
 }
 
 impl Stack {
@@ -133,7 +152,14 @@ impl Stack {
         let recorder_listener =
             tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
         let recorder_port = recorder_listener.local_addr().map_err(|e| e.to_string())?.port();
-        let recorder = Recorder::start(recorder_listener, &run_dir.join("recorder.db"), opts.recorder).await?;
+        let recorder_token = format!("scrim-recorder-token-{:016x}{:016x}", rand_u64(), rand_u64());
+        let api = RecorderApi {
+            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?,
+            config: dev_recorder_api(&issuer, &format!("{issuer}/jwks"), "auditors", &recorder_token)?,
+        };
+        let recorder =
+            Recorder::start(recorder_listener, &run_dir.join("recorder.db"), opts.recorder, Some(api)).await?;
+        let recorder_api_port = recorder.api_addr.map(|a| a.port()).unwrap_or(0);
         let mut config = dev_filter_config(&issuer, &format!("{issuer}/jwks"));
         if let Some(edit) = opts.filter_config {
             config = edit(config);
@@ -146,6 +172,8 @@ impl Stack {
             upstream_ca,
             idp: idp_addr,
             recorder_port,
+            recorder_api_port,
+            recorder_token: recorder_token.clone(),
             audit_flush_interval: AUDIT_FLUSH_INTERVAL,
             filter_config: config,
             api_key: api_key.clone(),
@@ -154,7 +182,7 @@ impl Stack {
             buffer_limit_bytes: DEV_BUFFER_LIMIT,
         })
         .await?;
-        Ok(Stack { idp, idp_addr, issuer, key, stand_in, envoy, recorder, tls_front, api_key, run_dir })
+        Ok(Stack { idp, idp_addr, issuer, key, stand_in, envoy, recorder, tls_front, api_key, recorder_token, run_dir })
     }
 
     /// Claims of a valid dev token for `sub` in `groups`; tests change fields to break it.

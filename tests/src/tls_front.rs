@@ -80,7 +80,7 @@ static_resources:
             ip = backend.ip(),
             bport = backend.port(),
         );
-        let envoy = Envoy::start_config(&config, dir, "tls-front", 1, "", admin).await?;
+        let envoy = Envoy::start_config(&config, dir, "tls-front", 1, &[], admin).await?;
         Ok(TlsFront { envoy, port, ca: dir.join("ca.pem") })
     }
 }

@@ -113,6 +113,8 @@ fn options(name: &str, api_key: &str, config: Value) -> EnvoyOptions {
         upstream_ca: None,
         idp: "127.0.0.1:9".parse().unwrap(),
         recorder_port: 9,
+        recorder_api_port: 9,
+        recorder_token: String::new(),
         audit_flush_interval: std::time::Duration::from_secs(1),
         filter_config: config,
         api_key: api_key.to_string(),

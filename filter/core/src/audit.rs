@@ -186,6 +186,12 @@ pub struct AuditRecord {
     /// Content was cut to respect the record size cap.
     #[serde(default)]
     pub truncated: bool,
+    /// Reviews whose approval let this request through (ids at the recorder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
+    /// The just-in-time grant that let a caller outside the allowed groups in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 /// Why bytes are not an audit record.
@@ -246,6 +252,8 @@ impl AuditRecord {
             stream: false,
             client_disconnected: false,
             truncated: false,
+            approvals: Vec::new(),
+            grant: None,
         }
     }
 

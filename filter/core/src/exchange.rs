@@ -29,6 +29,10 @@ pub struct Exchange {
     pub first_byte_ms: Option<u64>,
     /// The response reached its end (false: the client or upstream went away first).
     pub completed: bool,
+    /// Reviews whose approval let the request through.
+    pub approvals: Vec<String>,
+    /// The grant that let the caller in.
+    pub grant: Option<String>,
 }
 
 impl Exchange {
@@ -50,6 +54,8 @@ impl Exchange {
             stream: false,
             first_byte_ms: None,
             completed: false,
+            approvals: Vec::new(),
+            grant: None,
         }
     }
 
@@ -103,6 +109,8 @@ impl Exchange {
             stream: self.stream,
             client_disconnected: self.decision == Decision::Allowed && !self.completed,
             truncated: full && self.transcript.cut,
+            approvals: self.approvals.clone(),
+            grant: self.grant.clone(),
         }
     }
 }

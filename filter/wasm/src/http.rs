@@ -6,6 +6,8 @@
 //! local replies, and, when a token needs keys this VM does not have yet, fetches them and
 //! resumes the request.
 
+mod approvals;
+
 use crate::metrics::Decision;
 use crate::root::{
     dispatch_jwks_fetch, dispatch_recorder_check, millis, read_jwks_response, recorder_answered, seconds, SharedRef,
@@ -39,6 +41,12 @@ pub struct ScrimHttp {
     /// With `audit.required`: the call asking whether the recorder is up, and the token to
     /// verify once it answers.
     recorder_check: Option<(u32, String)>,
+    /// A call to the recorder's review or grant routes in flight.
+    recorder_call: Option<(u32, approvals::RecorderCall)>,
+    /// Approval rules the request matched whose reviews are not approved yet, in order.
+    approvals: std::collections::VecDeque<scrim_core::policy::ApprovalMatch>,
+    /// Until when (epoch ms) this request may wait for a review's decision.
+    wait_until_ms: u64,
     response: ResponseMode,
     /// What the audit record will say; created with the request headers.
     exchange: Option<Exchange>,
@@ -81,6 +89,9 @@ impl ScrimHttp {
             body_complete: None,
             pending: None,
             recorder_check: None,
+            recorder_call: None,
+            approvals: Default::default(),
+            wait_until_ms: 0,
             response: ResponseMode::Pass,
             exchange: None,
         }
@@ -195,12 +206,21 @@ impl ScrimHttp {
         };
         let permitted = auth::authorize(&self.shared.borrow().config, &identity);
         if let Err(e) = permitted {
+            let grants = self.shared.borrow().config.policy.grants.enabled;
+            if grants && matches!(e, AuthError::NoPermittedGroup { .. }) {
+                return self.check_grant(identity, e);
+            }
             if let Some(x) = self.exchange.as_mut() {
                 x.identity = Some(identity);
             }
             self.refuse(&e);
             return Action::Pause;
         }
+        self.admit_and_go_on(identity)
+    }
+
+    /// Swaps the credential, then forwards, or waits for the body, or finishes it.
+    fn admit_and_go_on(&mut self, identity: Identity) -> Action {
         self.admit(identity);
         if !self.has_body {
             return self.forward_if_allowed(None);
@@ -285,7 +305,8 @@ impl ScrimHttp {
         false
     }
 
-    /// Masks the complete request body in place. `Continue` when it may be forwarded.
+    /// Policy, approvals, then masking of the complete request body. `Continue` when it may
+    /// be forwarded.
     fn finish_request_body(&mut self, size: usize) -> Action {
         let body = self.get_http_request_body(0, size).unwrap_or_default();
         // Unparseable bodies are refused by the masking step below with a 400.
@@ -293,7 +314,16 @@ impl ScrimHttp {
             if !self.allowed_by_policy(Some(&parsed)) {
                 return Action::Pause;
             }
+            if self.start_approvals(&parsed, size) {
+                return Action::Pause;
+            }
         }
+        self.mask_and_forward(size)
+    }
+
+    /// Masks the complete request body in place. `Continue` when it may be forwarded.
+    fn mask_and_forward(&mut self, size: usize) -> Action {
+        let body = self.get_http_request_body(0, size).unwrap_or_default();
         let rules = self.shared.borrow().config.masking.rules.clone();
         match anthropic::mask_request(&rules, &body) {
             Ok(MaskedBody { bytes, hits }) => {
@@ -370,6 +400,10 @@ impl ScrimHttp {
 
 impl Context for ScrimHttp {
     fn on_http_call_response(&mut self, call: u32, _headers: usize, body_size: usize, _: usize) {
+        if let Some((_, what)) = self.recorder_call.take_if(|(c, _)| *c == call) {
+            self.on_recorder_answer(what, body_size);
+            return;
+        }
         if let Some((_, token)) = self.recorder_check.take_if(|(c, _)| *c == call) {
             if !recorder_answered(self) {
                 let mut s = self.shared.borrow_mut();

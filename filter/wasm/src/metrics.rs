@@ -30,6 +30,8 @@ impl Decision {
     }
 }
 
+const REVIEW_OUTCOMES: [&str; 4] = ["approved", "pending", "rejected", "unavailable"];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<String, u32>,
@@ -52,6 +54,8 @@ impl Metrics {
         names.extend(["scrim.jwks.refresh_ok", "scrim.jwks.refresh_failed"].map(String::from));
         names.extend(["scrim.token_cache.hit", "scrim.token_cache.miss"].map(String::from));
         names.extend(["scrim.masked.request", "scrim.masked.response"].map(String::from));
+        names.extend(REVIEW_OUTCOMES.iter().map(|o| format!("scrim.reviews.{o}")));
+        names.extend(["scrim.grants.active", "scrim.grants.none"].map(String::from));
         let mut ids = HashMap::new();
         for name in names {
             // A host that refuses a metric only loses that figure; requests still work.
@@ -88,6 +92,17 @@ impl Metrics {
 
     pub fn jwks_refresh(&self, ok: bool) {
         self.bump(if ok { "scrim.jwks.refresh_ok" } else { "scrim.jwks.refresh_failed" });
+    }
+
+    /// A review answer (or the lack of one): approved, pending, rejected, unavailable.
+    pub fn review(&self, outcome: &'static str) {
+        debug_assert!(REVIEW_OUTCOMES.contains(&outcome));
+        self.bump(&format!("scrim.reviews.{outcome}"));
+    }
+
+    /// Whether a caller outside the allowed groups held a grant (answers from the cache too).
+    pub fn grant(&self, active: bool) {
+        self.bump(if active { "scrim.grants.active" } else { "scrim.grants.none" });
     }
 
     pub fn token_cache(&self, hit: bool) {

@@ -12,6 +12,7 @@ use scrim_core::credential::ServiceKey;
 use scrim_core::exchange::SessionTracker;
 use scrim_core::jwks::KeySet;
 use scrim_core::keystore::KeyStore;
+use scrim_core::review::GrantCache;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -30,6 +31,11 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Whether the recorder answered its last probe (only probed with `audit.required`).
     pub recorder_up: bool,
+    /// What the recorder's review and grant routes expect from the gateway (only with
+    /// approval rules or grants).
+    pub recorder_token: Option<String>,
+    /// Grant answers per caller.
+    pub grants: GrantCache,
 }
 
 pub type SharedRef = Rc<RefCell<Shared>>;
@@ -210,6 +216,22 @@ impl RootContext for ScrimRoot {
             );
             return false;
         };
+        let recorder_token = if config.policy.uses_recorder() {
+            let env = &config.policy.reviews.token_env;
+            match std::env::var(env) {
+                Ok(token) if token.trim().len() >= 32 => Some(token.trim().to_string()),
+                _ => {
+                    error!(
+                        "scrim: approval rules and grants need the recorder's service token (at least 32 \
+                         characters) in the environment variable `{env}`; list it in \
+                         vm_config.environment_variables.host_env_keys and set it for Envoy"
+                    );
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
         let keys = KeyStore::new(&config);
         let cache = TokenCache::new(config.token_cache_entries);
         let metrics = Metrics::define();
@@ -223,6 +245,8 @@ impl RootContext for ScrimRoot {
             sessions,
             metrics,
             recorder_up: false,
+            recorder_token,
+            grants: GrantCache::default(),
         })));
         // The first tick fires one period after start: fetch and probe now as well.
         self.start_due_fetches();

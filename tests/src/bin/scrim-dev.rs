@@ -6,13 +6,12 @@
 
 use scrim_devstack::envoy::{Envoy, EnvoyOptions, Upstream};
 use scrim_devstack::idp::{DevIdentity, DevIdp};
-use scrim_devstack::recorder::Recorder;
-use scrim_recorder::api;
+use scrim_devstack::recorder::{Recorder, RecorderApi};
 use scrim_recorder::ingest::IngestConfig;
 
 /// The dev group whose members see every recorded exchange through the auditor API.
 const AUDITOR_GROUP: &str = "auditors";
-use scrim_devstack::stack::{dev_filter_config, rand_u64, DEV_AUDIENCE, DEV_BUFFER_LIMIT, DEV_GROUP};
+use scrim_devstack::stack::{dev_filter_config, dev_recorder_api, rand_u64, DEV_AUDIENCE, DEV_BUFFER_LIMIT};
 use scrim_devstack::stand_in::ClaudeStandIn;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -89,12 +88,16 @@ async fn run() -> Result<(), String> {
     let idp_listener = bind("SCRIM_IDP_PORT", idp_port).await?;
     let idp = DevIdp::start(idp_listener, issuer.clone(), identity.keys()).map_err(|e| e.to_string())?;
 
+    // The recorder: Envoy's access log in, the auditors' and approvers' API out (members of
+    // `auditors` see every exchange, `eng` members their own, `approvers` decide reviews).
     let recorder_listener = bind("SCRIM_RECORDER_PORT", recorder_port).await?;
     let db = dir.join("recorder.db");
-    let _recorder = Recorder::start(recorder_listener, &db, IngestConfig::default()).await?;
-
-    let audit_listener = bind("SCRIM_AUDIT_API_PORT", audit_api_port).await?;
-    start_audit_api(audit_listener, &issuer, idp.jwks_uri(), &db).await?;
+    let recorder_token = recorder_token(&dir)?;
+    let api = RecorderApi {
+        listener: bind("SCRIM_AUDIT_API_PORT", audit_api_port).await?,
+        config: dev_recorder_api(&issuer, idp.jwks_uri(), AUDITOR_GROUP, &recorder_token)?,
+    };
+    let _recorder = Recorder::start(recorder_listener, &db, IngestConfig::default(), Some(api)).await?;
 
     let key = service_key()?;
     let upstream_url = std::env::var("SCRIM_UPSTREAM").ok().filter(|u| !u.is_empty());
@@ -124,6 +127,8 @@ async fn run() -> Result<(), String> {
         upstream_ca: std::env::var_os("SCRIM_UPSTREAM_CA").map(PathBuf::from),
         idp: idp.addr(),
         recorder_port,
+        recorder_api_port: audit_api_port,
+        recorder_token,
         audit_flush_interval: std::time::Duration::from_secs(1),
         filter_config: config,
         api_key,
@@ -152,17 +157,18 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// The recorder's auditor API, checking the same dev tokens: members of `auditors` see every
-/// exchange, `eng` members their own.
-async fn start_audit_api(listener: tokio::net::TcpListener, issuer: &str, jwks_uri: &str, db: &Path) -> Result<(), String> {
-    let mut auth = dev_filter_config(issuer, jwks_uri);
-    auth["allowed_groups"] = serde_json::json!([DEV_GROUP, AUDITOR_GROUP]);
-    let auth = scrim_core::config::Config::from_json(auth.to_string().as_bytes()).map_err(|e| e.to_string())?;
-    let db = db.to_string_lossy().to_string();
-    let open: api::OpenStore = std::sync::Arc::new(move || scrim_recorder::store::open(&db));
-    let api = api::Api::start(api::ApiConfig::auditing(auth, AUDITOR_GROUP), open).await;
-    tokio::spawn(api::serve(listener, api::router(api), std::future::pending()));
-    Ok(())
+/// The token Envoy presents to the recorder's review and grant routes: made at first start,
+/// kept in the run folder so restarts agree.
+fn recorder_token(dir: &Path) -> Result<String, String> {
+    let path = dir.join("recorder-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        if token.trim().len() >= 32 {
+            return Ok(token.trim().to_string());
+        }
+    }
+    let token = format!("scrim-recorder-token-{:016x}{:016x}", rand_u64(), rand_u64());
+    std::fs::write(&path, &token).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(token)
 }
 
 fn print_welcome(dir: &Path, port: u16, admin: u16, audit_api_port: u16, issuer: &str, upstream: &str, db: &Path) {
@@ -188,6 +194,10 @@ Every exchange is recorded in {db} (tamper-evident); for auditors:
   cargo run -q -p scrim-recorder -- --db {db} verify
   AUDITOR=$(make -s token SUB=carol GROUPS=auditors | tail -n1)
   curl -s http://127.0.0.1:{audit}/v1/sessions -H \"authorization: Bearer $AUDITOR\"
+
+Requests held by approval rules (policy.approval) wait for an approver:
+  APPROVER=$(make -s token SUB=dana GROUPS=approvers | tail -n1)
+  cargo run -q -p scrim-recorder -- --api http://127.0.0.1:{audit} --token $APPROVER reviews list --status pending
 
 Ctrl-C stops everything.",
         idp = dir.join("idp").display(),
