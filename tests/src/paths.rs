@@ -32,3 +32,27 @@ pub fn claude_code() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/tools/node/node_modules/.bin/claude"))
 }
+
+/// The `scrim-recorder` command: `SCRIM_RECORDER`, else the one built beside this test binary
+/// (`cargo test --workspace` builds it), built now if it is not there yet.
+pub fn recorder_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("SCRIM_RECORDER") {
+        return Ok(PathBuf::from(path));
+    }
+    // The test binary runs from `<target>/debug/deps/`; commands sit in `<target>/debug/`.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).ok_or("no target directory")?;
+    let binary = profile_dir.join("scrim-recorder");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--locked", "-p", "scrim-recorder", "--bin", "scrim-recorder"])
+            .current_dir(workspace_root())
+            .status()
+            .map_err(|e| format!("cannot build scrim-recorder: {e}"))?;
+        if !status.success() {
+            return Err("building scrim-recorder failed".into());
+        }
+    }
+    Ok(binary)
+}
