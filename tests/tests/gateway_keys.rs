@@ -138,3 +138,11 @@ async fn invalid_filter_configuration_stops_start_up_naming_the_field() {
     let err = Envoy::start(&options("bad-config", "sk-test", config)).await.err().expect("envoy must not start");
     assert!(err.contains("issuers[0].audiences"), "{err}");
 }
+
+#[tokio::test]
+async fn filter_refuses_to_start_with_approval_rules_but_no_recorder_token() {
+    let mut config = dev_filter_config("http://127.0.0.1:9", "http://127.0.0.1:9/jwks");
+    config["policy"] = serde_json::json!({"approval": [{"id": "a", "message": "m", "regex": "x"}]});
+    let err = Envoy::start(&options("no-recorder-token", "sk-test", config)).await.err().expect("envoy must not start");
+    assert!(err.contains("SCRIM_RECORDER_SERVICE_TOKEN"), "{err}");
+}
