@@ -189,12 +189,12 @@ pub fn internal_routes() -> Router<Api> {
 
 pub fn approver_routes() -> Router<Api> {
     Router::new()
-        .route("/v1/reviews", get(list_reviews))
-        .route("/v1/reviews/{id}", get(show_review))
+        .route("/v1/reviews", get(list::<Review>))
+        .route("/v1/reviews/{id}", get(show::<Review>))
         .route("/v1/reviews/{id}/approve", post(approve_review))
         .route("/v1/reviews/{id}/reject", post(reject_review))
-        .route("/v1/grants", get(list_grants).post(request_grant))
-        .route("/v1/grants/{id}", get(show_grant))
+        .route("/v1/grants", get(list::<Grant>).post(request_grant))
+        .route("/v1/grants/{id}", get(show::<Grant>))
         .route("/v1/grants/{id}/approve", post(approve_grant))
         .route("/v1/grants/{id}/reject", post(reject_grant))
         .route("/v1/grants/{id}/revoke", post(revoke_grant))
@@ -338,38 +338,74 @@ struct ListParams {
     status: Option<String>,
 }
 
-async fn list_reviews(
+/// What listing and showing needs of a review or a grant.
+trait Decidable: Serialize + for<'de> Deserialize<'de> + Send + 'static {
+    const KIND: &'static str;
+    /// As of `now_ms` (expiry applied).
+    fn at(self, now_ms: i64) -> Self;
+    fn owner(&self) -> &AuditUser;
+    fn status_name(&self) -> serde_json::Value;
+}
+
+impl Decidable for Review {
+    const KIND: &'static str = "review";
+    fn at(self, now_ms: i64) -> Self {
+        Review::at(self, now_ms)
+    }
+    fn owner(&self) -> &AuditUser {
+        &self.user
+    }
+    fn status_name(&self) -> serde_json::Value {
+        serde_json::to_value(self.status).unwrap_or_default()
+    }
+}
+
+impl Decidable for Grant {
+    const KIND: &'static str = "grant";
+    fn at(self, now_ms: i64) -> Self {
+        Grant::at(self, now_ms)
+    }
+    fn owner(&self) -> &AuditUser {
+        &self.user
+    }
+    fn status_name(&self) -> serde_json::Value {
+        serde_json::to_value(self.status).unwrap_or_default()
+    }
+}
+
+/// Newest first; approvers see all, others their own; narrowed to `status` when given.
+async fn list<T: Decidable>(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Query(p): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let approver = api.is_approver(&caller);
     let subject = (!approver).then(|| caller.subject.clone());
-    let docs = api.pool().run(move |s| s.documents("review", None, subject.as_deref())).await?;
+    let docs = api.pool().run(move |s| s.documents(T::KIND, None, subject.as_deref())).await?;
     let now = crate::time::now_ms();
     let mut data = Vec::new();
     for doc in &docs {
-        let review: Review = from_document::<Review>(doc)?.at(now);
-        if !approver && !is_own(&caller, &review.user) {
-            continue;
-        }
-        if p.status.as_deref().is_none_or(|s| serde_json::to_value(review.status).is_ok_and(|v| v == s)) {
-            data.push(review);
+        let item = from_document::<T>(doc)?.at(now);
+        let visible = approver || is_own(&caller, item.owner());
+        if visible && p.status.as_deref().is_none_or(|s| item.status_name() == s) {
+            data.push(item);
         }
     }
     Ok(Json(json!({"data": data})))
 }
 
-async fn show_review(
+/// One review or grant; someone else's is "not found" to a non-approver.
+async fn show<T: Decidable>(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Review>, ApiError> {
-    let review = load_review(&api, id).await?.ok_or(ApiError::NotFound("review"))?;
-    if !api.is_approver(&caller) && !is_own(&caller, &review.user) {
-        return Err(ApiError::NotFound("review"));
+) -> Result<Json<T>, ApiError> {
+    let doc = api.pool().run(move |s| s.document(T::KIND, &id)).await?;
+    let item: T = doc.as_ref().map(from_document).transpose()?.ok_or(ApiError::NotFound(T::KIND))?;
+    if !api.is_approver(&caller) && !is_own(&caller, item.owner()) {
+        return Err(ApiError::NotFound(T::KIND));
     }
-    Ok(Json(review.at(crate::time::now_ms())))
+    Ok(Json(item.at(crate::time::now_ms())))
 }
 
 #[derive(Deserialize)]
@@ -509,40 +545,6 @@ async fn request_grant(
     );
     save(&api, doc, ev).await?;
     Ok(Json(grant))
-}
-
-async fn list_grants(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-    Query(p): Query<ListParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let approver = api.is_approver(&caller);
-    let subject = (!approver).then(|| caller.subject.clone());
-    let docs = api.pool().run(move |s| s.documents("grant", None, subject.as_deref())).await?;
-    let now = crate::time::now_ms();
-    let mut data = Vec::new();
-    for doc in &docs {
-        let grant: Grant = from_document::<Grant>(doc)?.at(now);
-        if !approver && !is_own(&caller, &grant.user) {
-            continue;
-        }
-        if p.status.as_deref().is_none_or(|s| serde_json::to_value(grant.status).is_ok_and(|v| v == s)) {
-            data.push(grant);
-        }
-    }
-    Ok(Json(json!({"data": data})))
-}
-
-async fn show_grant(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<Json<Grant>, ApiError> {
-    let grant = load_grant(&api, id).await?.ok_or(ApiError::NotFound("grant"))?;
-    if !api.is_approver(&caller) && !is_own(&caller, &grant.user) {
-        return Err(ApiError::NotFound("grant"));
-    }
-    Ok(Json(grant.at(crate::time::now_ms())))
 }
 
 #[derive(Clone, Copy)]
