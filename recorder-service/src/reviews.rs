@@ -614,3 +614,60 @@ async fn revoke_grant(
 ) -> Result<Json<Grant>, ApiError> {
     decide_grant(api, caller, id, GrantAction::Revoke, body.reason).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> AuditUser {
+        AuditUser { subject: "frank".into(), email: None, issuer: "iss".into(), groups: vec![] }
+    }
+
+    #[test]
+    fn an_active_grant_expires_at_its_time_and_other_states_stay() {
+        let grant = Grant {
+            id: "gr-1".into(),
+            status: GrantState::Active,
+            user: user(),
+            reason: "r".into(),
+            duration_seconds: 60,
+            created_at_ms: 0,
+            expires_at_ms: Some(60_000),
+            decisions: vec![],
+        };
+        assert_eq!(grant.clone().at(59_999).status, GrantState::Active);
+        assert_eq!(grant.clone().at(60_000).status, GrantState::Expired);
+        let revoked = Grant { status: GrantState::Revoked, ..grant };
+        assert_eq!(revoked.at(120_000).status, GrantState::Revoked);
+    }
+
+    #[test]
+    fn a_decided_review_expires_and_a_pending_one_does_not() {
+        let review = Review {
+            id: "rv-1".into(),
+            status: ReviewState::Approved,
+            fingerprint: "f".repeat(64),
+            rule: "r".into(),
+            rule_message: "m".into(),
+            user: user(),
+            session_id: "s".into(),
+            exchange_id: "x".into(),
+            excerpt: "e".into(),
+            approvals_required: 1,
+            ttl_seconds: 1,
+            created_at_ms: 0,
+            expires_at_ms: Some(1_000),
+            decisions: vec![],
+        };
+        assert_eq!(review.clone().at(999).status, ReviewState::Approved);
+        assert_eq!(review.clone().at(1_000).status, ReviewState::Expired);
+        let pending = Review { status: ReviewState::Pending, expires_at_ms: None, ..review };
+        assert_eq!(pending.at(i64::MAX).status, ReviewState::Pending);
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_id("rv")).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+}
