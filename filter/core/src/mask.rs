@@ -20,7 +20,8 @@
 
 use crate::rules::RuleSet;
 use crate::stream_mask::may_start;
-use aho_corasick::Input;
+use aho_corasick::automaton::Automaton;
+use aho_corasick::Anchored;
 use std::borrow::Cow;
 
 /// Result of masking a text.
@@ -195,16 +196,26 @@ impl RuleSet {
         let known_to = *scanned_to;
         let from = scan_from.max((known_to + 1).saturating_sub(self.max_keyword_len));
         if from < len {
-            let input = Input::new(bytes).span(from..len);
-            let mut state = aho_corasick::automaton::OverlappingState::start();
-            loop {
-                self.keywords.find_overlapping(input.clone(), &mut state);
-                let Some(m) = state.get_match() else { break };
-                if m.end() <= known_to {
+            // Driving the DFA directly (rather than through the overlapping search API) keeps
+            // the loop to one transition a byte; every keyword ending at a byte is reported,
+            // overlaps included, and none starts before `from`.
+            let dfa = &self.keywords;
+            let mut sid = dfa.start_state(Anchored::No).expect("unanchored start state exists");
+            for (i, &b) in bytes[from..len].iter().enumerate() {
+                sid = dfa.next_state(Anchored::No, sid, b);
+                if !dfa.is_special(sid) || !dfa.is_match(sid) {
                     continue;
                 }
-                for &rule in &self.keyword_rules[m.pattern().as_usize()] {
-                    occurrences.push((m.start(), rule));
+                let end = from + i + 1;
+                if end <= known_to {
+                    continue;
+                }
+                for k in 0..dfa.match_len(sid) {
+                    let pattern = dfa.match_pattern(sid, k);
+                    let start = end - dfa.pattern_len(pattern);
+                    for &rule in &self.keyword_rules[pattern.as_usize()] {
+                        occurrences.push((start, rule));
+                    }
                 }
             }
         }

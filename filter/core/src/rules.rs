@@ -12,7 +12,7 @@
 //! Regexes are byte regexes built with `unicode(false)` (`\w`, `\s`, `\b` are ASCII, as in
 //! RE2): Unicode tables cost seconds and hundreds of MiB per wasm VM (ARCHITECTURE.md).
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 use regex_automata::hybrid::dfa::{Cache, DFA as LazyDfa};
@@ -214,7 +214,7 @@ impl Rule {
 pub struct RuleSet {
     pub(crate) rules: Vec<Rule>,
     /// One automaton over every distinct keyword (ASCII case-insensitive, overlapping).
-    pub(crate) keywords: AhoCorasick,
+    pub(crate) keywords: aho_corasick::dfa::DFA,
     /// Keyword pattern id → indices of the rules that list it.
     pub(crate) keyword_rules: Vec<Vec<u32>>,
     /// Every keyword (lowercase): a keyword may be arriving when the buffered text ends with
@@ -416,10 +416,12 @@ pub fn compile_rules(
         }
         rules.push(rule);
     }
-    let keywords = AhoCorasickBuilder::new()
+    // A DFA driven byte by byte in `plan`: overlapping occurrences at one table look-up a byte.
+    let keywords = aho_corasick::dfa::DFA::builder()
         .ascii_case_insensitive(true)
         .match_kind(MatchKind::Standard)
-        .kind(Some(AhoCorasickKind::DFA))
+        .start_kind(aho_corasick::StartKind::Unanchored)
+        .prefilter(false)
         .build(&keyword_list)
         .map_err(|e| RuleError::Keywords { reason: e.to_string() })?;
     Ok(RuleSet {
