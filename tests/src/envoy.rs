@@ -227,6 +227,11 @@ impl Envoy {
         Ok(envoy)
     }
 
+    /// The Envoy process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     async fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
         let client = reqwest::Client::new();
         let url = format!("http://{}/ready", self.admin);

@@ -200,6 +200,7 @@ impl Context for ScrimRoot {
 
 impl RootContext for ScrimRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
+        let started = self.get_current_time();
         let raw = self.get_plugin_configuration().unwrap_or_default();
         let config = match Config::from_json(&raw) {
             Ok(c) => c,
@@ -232,6 +233,12 @@ impl RootContext for ScrimRoot {
         } else {
             None
         };
+        // Compiling the masking rules is most of a VM's start-up: say what it cost.
+        info!(
+            "scrim: configuration compiled in {} ms ({} masking rules)",
+            self.get_current_time().duration_since(started).map(|d| d.as_millis()).unwrap_or(0),
+            config.masking.rules.len()
+        );
         let keys = KeyStore::new(&config);
         let cache = TokenCache::new(config.token_cache_entries);
         let metrics = Metrics::define();

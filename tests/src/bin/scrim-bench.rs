@@ -101,7 +101,85 @@ async fn bench() -> Result<(), String> {
         let cold = measure(&client, &gateway, REQUESTS, |i| Some(tokens[i].clone())).await?;
         report(name, &cold, &base);
     }
-    stream_throughput(&stack, &gateway, &baseline_client, &baseline).await
+    stream_throughput(&stack, &gateway, &baseline_client, &baseline).await?;
+    drop(stack);
+    audit_required_cost(&base).await?;
+    vm_cost().await
+}
+
+/// What `audit.required` adds: each exchange first asks the recorder whether it is up.
+async fn audit_required_cost(base: &Figures) -> Result<(), String> {
+    let stack = Stack::start(StackOptions {
+        name: "bench-audit-required",
+        concurrency: 1,
+        filter_config: Some(Box::new(|mut c| {
+            c["audit"] = serde_json::json!({"required": true});
+            c
+        })),
+        ..Default::default()
+    })
+    .await?;
+    let client = reqwest::Client::new();
+    let token = stack.token();
+    let url = stack.url("/v1/messages");
+    measure(&client, &url, WARMUP, |_| Some(token.clone())).await?;
+    let f = measure(&client, &url, REQUESTS, |_| Some(token.clone())).await?;
+    report("filter + audit.required", &f, base);
+    Ok(())
+}
+
+/// Envoy's resident memory (kB) from /proc.
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Each Envoy worker runs its own VM, which compiles the rule set: memory per VM from the
+/// difference between 1 and 5 workers, and the compile time each VM logs.
+async fn vm_cost() -> Result<(), String> {
+    let mut rows = Vec::new();
+    for workers in [1usize, 5] {
+        let stack = Stack::start(StackOptions {
+            name: "bench-vm",
+            concurrency: workers,
+            ..Default::default()
+        })
+        .await?;
+        // One exchange, so every figure includes a VM that has served.
+        let status = reqwest::Client::new()
+            .post(stack.url("/v1/messages"))
+            .bearer_auth(stack.token())
+            .header("content-type", "application/json")
+            .body(BODY)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .status();
+        if !status.is_success() {
+            return Err(format!("vm bench request got {status}"));
+        }
+        let rss = stack.envoy.pid().and_then(rss_kb).ok_or("cannot read Envoy's memory")?;
+        let compile_ms: Vec<u64> = stack
+            .envoy
+            .log()
+            .lines()
+            .filter_map(|l| l.split("configuration compiled in ").nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect();
+        rows.push((workers, rss, compile_ms));
+    }
+    let (w1, rss1, c1) = &rows[0];
+    let (w5, rss5, c5) = &rows[1];
+    let span = |c: &[u64]| format!("{} VMs, {} to {} ms", c.len(), c.iter().min().unwrap_or(&0), c.iter().max().unwrap_or(&0));
+    println!("rule set compile per VM (V8): {w1} worker: {}; {w5} workers compiling at once on this machine: {}", span(c1), span(c5));
+    println!(
+        "  Envoy RSS: {} MiB with {w1} worker, {} MiB with {w5} workers: {:.1} MiB per added worker VM",
+        rss1 / 1024,
+        rss5 / 1024,
+        (*rss5 as f64 - *rss1 as f64) / 1024.0 / (*w5 - *w1) as f64
+    );
+    Ok(())
 }
 
 /// Deterministic source-code text: this project's own Rust files, repeated to `len` bytes.
