@@ -106,6 +106,8 @@ impl ClaudeStandIn {
         });
         let router = Router::new()
             .route("/v1/messages", post(messages))
+            // Only scripted replies are meaningful here (tests of the OpenAI stream shape).
+            .route("/v1/chat/completions", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
             .route("/v1/models", get(models))
             .route("/api/hello", get(hello).head(hello))

@@ -304,3 +304,50 @@ async fn unreadable_stream_ends_with_an_error_event_and_nothing_after_it() {
     assert_eq!(last.0, "error", "{body}");
     assert_eq!(last.1["error"]["type"], "api_error");
 }
+
+/// The OpenAI chat-completions stream shape, selected by path: a secret split across
+/// `choices[].delta.content` chunks and network writes is masked, and `data: [DONE]` ends it.
+#[tokio::test]
+async fn openai_chat_stream_is_masked_per_choice_and_ends_with_done() {
+    let stack = start("mask-openai").await;
+    let secret = fake_aws_key_id();
+    let text = format!("Use {secret} for the deploy.");
+    let chunk = |delta: Value, finish: Value| {
+        let data = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test",
+                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {data}\n\n")
+    };
+    let mut stream = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    for piece in text.as_bytes().chunks(3) {
+        stream += &chunk(json!({"content": std::str::from_utf8(piece).unwrap()}), Value::Null);
+    }
+    stream += &chunk(json!({}), json!("stop"));
+    stream += "data: [DONE]\n\n";
+    stack.stand_in.set_scripted_reply(ScriptedReply {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        chunks: stream.as_bytes().chunks(5).map(<[u8]>::to_vec).collect(),
+        pace: Duration::from_millis(1),
+    });
+    let body = reqwest::Client::new()
+        .post(stack.url("/v1/chat/completions"))
+        .bearer_auth(stack.token())
+        .json(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.contains(&secret), "the secret reached the client: {body}");
+    let datas: Vec<&str> = body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).collect();
+    assert_eq!(datas.last(), Some(&"[DONE]"), "{body}");
+    let content: String = datas
+        .iter()
+        .filter(|d| **d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).expect("each chunk is JSON"))
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(content, "Use [REDACTED:aws-access-key-id] for the deploy.");
+    stack.assert_no_filter_failures();
+}

@@ -135,6 +135,15 @@ pub struct RawMasking {
     /// is masked.
     #[serde(default)]
     pub thinking: ThinkingMode,
+    /// Paths (no query) whose streamed responses are in the OpenAI chat-completions shape
+    /// (`choices[].delta.content`, `data: [DONE]`) rather than Anthropic's. Default
+    /// `["/v1/chat/completions"]`.
+    #[serde(default = "default_openai_chat_paths")]
+    pub openai_chat_paths: Vec<String>,
+}
+
+fn default_openai_chat_paths() -> Vec<String> {
+    vec!["/v1/chat/completions".into()]
 }
 
 impl Default for RawMasking {
@@ -147,6 +156,7 @@ impl Default for RawMasking {
             max_request_bytes: default_max_body(),
             max_response_bytes: default_max_body(),
             thinking: ThinkingMode::default(),
+            openai_chat_paths: default_openai_chat_paths(),
         }
     }
 }
@@ -371,6 +381,7 @@ pub struct Masking {
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
     pub thinking: ThinkingMode,
+    pub openai_chat_paths: Vec<String>,
 }
 
 impl Config {
@@ -445,11 +456,15 @@ fn compile_masking(raw: RawMasking) -> Result<Masking, ConfigError> {
     if raw.max_response_bytes < 1024 {
         return Err(err("masking.max_response_bytes", "at least 1024"));
     }
+    if let Some(p) = raw.openai_chat_paths.iter().find(|p| !p.starts_with('/') || p.contains('?')) {
+        return Err(err("masking.openai_chat_paths", format!("`{p}` must be a path starting with / and without a query")));
+    }
     Ok(Masking {
         rules: Arc::new(rules),
         max_request_bytes: raw.max_request_bytes,
         max_response_bytes: raw.max_response_bytes,
         thinking: raw.thinking,
+        openai_chat_paths: raw.openai_chat_paths.clone(),
     })
 }
 

@@ -545,7 +545,13 @@ impl HttpContext for ScrimHttp {
         let content_type = self.get_http_response_header("content-type").unwrap_or_default();
         if content_type.to_ascii_lowercase().starts_with("text/event-stream") {
             let s = self.shared.borrow();
-            let rewriter = StreamRewriter::new(s.config.masking.rules.clone(), s.config.masking.thinking);
+            let endpoint = self.exchange.as_ref().map(|x| x.endpoint.as_str()).unwrap_or("");
+            let masking = &s.config.masking;
+            let rewriter = if masking.openai_chat_paths.iter().any(|p| p == endpoint) {
+                StreamRewriter::openai_chat(masking.rules.clone())
+            } else {
+                StreamRewriter::new(masking.rules.clone(), masking.thinking)
+            };
             drop(s);
             self.response = ResponseMode::Stream(Box::new(rewriter));
             if let Some(x) = self.exchange.as_mut() {
