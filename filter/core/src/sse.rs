@@ -75,7 +75,7 @@ impl SseFramer {
     fn parse(&mut self, finished: bool, events: &mut Vec<Event>) {
         loop {
             let rest = &self.buf[self.line_start..];
-            let Some(eol) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else { return };
+            let Some(eol) = memchr::memchr2(b'\n', b'\r', rest) else { return };
             let end_len = match rest[eol] {
                 b'\n' => 1,
                 _ if eol + 1 < rest.len() => 1 + (rest[eol + 1] == b'\n') as usize,
@@ -114,7 +114,11 @@ fn field(current: &mut Event, line: &[u8]) {
         }
         None => (line, &b""[..]),
     };
-    let value = String::from_utf8_lossy(value);
+    // Data is nearly always valid UTF-8: the fast check first, the lossy walk only if not.
+    let value = match std::str::from_utf8(value) {
+        Ok(v) => std::borrow::Cow::Borrowed(v),
+        Err(_) => String::from_utf8_lossy(value),
+    };
     match name {
         b"event" => current.event = Some(value.into_owned()),
         b"data" => match &mut current.data {
