@@ -200,11 +200,11 @@ pub fn approver_routes() -> Router<Api> {
         .route("/v1/grants/{id}/revoke", post(revoke_grant))
 }
 
-/// Refuses internal calls without the service token (404 when none is configured, so the
-/// routes do not exist for anyone).
-fn service_caller(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal of an internal call without the service token (404 when none is configured,
+/// so the routes do not exist for anyone); `None` lets it through.
+fn refuse_unless_service(api: &Api, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = api.service_token() else {
-        return Err(ApiError::NotFound("route").into_response());
+        return Some(ApiError::NotFound("route").into_response());
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -215,14 +215,14 @@ fn service_caller(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
     let digest = |s: &str| Sha256::digest(s.as_bytes());
     let (a, b) = (digest(given), digest(expected));
     if a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) != 0 {
-        return Err(ApiError::Auth(scrim_core::auth::AuthError::BadSignature).into_response());
+        return Some(ApiError::Auth(scrim_core::auth::AuthError::BadSignature).into_response());
     }
-    Ok(())
+    None
 }
 
 async fn open_review(State(api): State<Api>, headers: HeaderMap, Json(req): Json<ReviewRequest>) -> Response {
-    if let Err(r) = service_caller(&api, &headers) {
-        return r;
+    if let Some(refusal) = refuse_unless_service(&api, &headers) {
+        return refusal;
     }
     let result: Result<Review, ApiError> = async {
         if req.fingerprint.len() != 64 || req.approvals_required == 0 {
@@ -286,8 +286,8 @@ async fn poll_review(
     Path(id): Path<String>,
     Query(p): Query<WaitParams>,
 ) -> Response {
-    if let Err(r) = service_caller(&api, &headers) {
-        return r;
+    if let Some(refusal) = refuse_unless_service(&api, &headers) {
+        return refusal;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.min(MAX_WAIT_MS));
     loop {
@@ -314,8 +314,8 @@ struct GrantQuery {
 }
 
 async fn active_grant(State(api): State<Api>, headers: HeaderMap, Query(q): Query<GrantQuery>) -> Response {
-    if let Err(r) = service_caller(&api, &headers) {
-        return r;
+    if let Some(refusal) = refuse_unless_service(&api, &headers) {
+        return refusal;
     }
     let sub = q.sub.clone();
     let found = match api.pool().run(move |s| s.documents("grant", None, Some(&sub))).await {
