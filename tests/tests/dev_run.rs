@@ -137,3 +137,53 @@ fn invalid_filter_config_file_stops_start_up_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("field `issuers`"), "{err}");
 }
+
+/// Started with an approval rule, `make run` wires Envoy to the recorder's review routes (the
+/// service token reaches both), and SIGTERM stops everything as Ctrl-C does.
+#[tokio::test]
+async fn dev_gateway_holds_requests_for_review_and_stops_on_sigterm() {
+    let run_dir = scratch_dir("dev-review");
+    let ports = ports();
+    let issuer = format!("http://127.0.0.1:{}", ports.idp);
+    let mut config = scrim_devstack::stack::dev_filter_config(&issuer, &format!("{issuer}/jwks"));
+    config["policy"] = serde_json::json!({"approval": [{"id": "prod-hosts", "message": "production hosts", "regex": "\\.prod\\.example\\.com"}]});
+    let config_path = run_dir.join("filter.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let mut child = tokio::process::Command::from(dev_command(&run_dir, &ports))
+        .env("SCRIM_FILTER_CONFIG", &config_path)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("Ctrl-C stops everything") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(ready, "scrim-dev run did not come up");
+
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/v1/messages", ports.gateway);
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"ssh db1.prod.example.com"}]}"#;
+    let alice = token(&run_dir, &ports, "alice", "eng");
+    let resp = client.post(&url).bearer_auth(&alice).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("scrim-recorder reviews approve rv-"), "{message}");
+
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    let admin = format!("http://127.0.0.1:{}/ready", ports.admin);
+    assert!(client.get(&admin).send().await.is_err(), "envoy is gone after SIGTERM");
+}

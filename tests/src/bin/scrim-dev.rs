@@ -140,10 +140,18 @@ async fn run() -> Result<(), String> {
     print_welcome(&dir, gateway_port, admin_port, audit_api_port, &issuer, &upstream_text, &db);
 
     let mut watch = tokio::time::interval(std::time::Duration::from_secs(1));
+    // SIGTERM (a process manager, `timeout`) stops everything as Ctrl-C does; without it
+    // Envoy would outlive this process.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {
                 println!("\nstopping");
+                break;
+            }
+            _ = terminate.recv() => {
+                println!("stopping (SIGTERM)");
                 break;
             }
             _ = watch.tick() => {
