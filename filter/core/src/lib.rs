@@ -16,6 +16,7 @@
 //! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
 //! - [`mask`]: one-shot masking of a text with a `RuleSet`.
+//! - `keywords`: the keyword automaton both maskers scan text with.
 //! - [`stream_mask`]: masking a text stream pushed in pieces, equal to one-shot masking.
 //! - [`sse`]: incremental server-sent-events framing that keeps each event's exact bytes.
 //! - [`audit`]: the audit record schema shared with the recorder.
@@ -31,6 +32,7 @@ pub mod jwks;
 pub mod keystore;
 pub mod audit;
 pub mod mask;
+mod keywords;
 pub mod rules;
 pub mod stream_mask;
 pub mod sse;

@@ -20,8 +20,6 @@
 
 use crate::rules::RuleSet;
 use crate::stream_mask::may_start;
-use aho_corasick::automaton::Automaton;
-use aho_corasick::Anchored;
 use std::borrow::Cow;
 
 /// Result of masking a text.
@@ -55,15 +53,16 @@ pub(crate) struct Plan {
 /// nothing but its output; `spans` holds the last plan's secrets.
 ///
 /// It also remembers the keyword occurrences found so far: every occurrence in the buffer
-/// that starts at or after `scanned_from` and ends at or before `scanned_to`. While a window
-/// stays open (a private-key block is held up to 16 KiB), each push would otherwise scan the
-/// whole held text for keywords again; with this, only the new bytes (and the few before
-/// them that a keyword may straddle) are scanned.
+/// that starts at or after `scanned_from` and ends at or before `scanned_to`, and the
+/// keyword automaton's state after `buf[..scanned_to]`. While a window stays open (a
+/// private-key block is held up to 16 KiB), each push would otherwise scan the whole held
+/// text for keywords again; with this, only the new bytes are scanned.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     occurrences: Vec<(usize, u32)>,
     scanned_from: usize,
     scanned_to: usize,
+    state: u32,
     candidates: Vec<Candidate>,
     pub(crate) spans: Vec<Span>,
 }
@@ -85,6 +84,7 @@ impl Scratch {
         self.occurrences.clear();
         self.scanned_from = 0;
         self.scanned_to = 0;
+        self.state = 0;
     }
 }
 
@@ -155,6 +155,30 @@ impl RuleSet {
         let bytes = hay.as_bytes();
         let len = bytes.len();
         let mut limit = len;
+        let Scratch { occurrences, scanned_from, scanned_to, state, candidates, spans } = scratch;
+        candidates.clear();
+        spans.clear();
+        // Occurrences already found (see `Scratch`): only the bytes after `scanned_to` are
+        // new, and the automaton goes on from its state there.
+        let keywords = &self.keywords;
+        if scan_from < *scanned_from || *scanned_to > len || *scanned_to < scan_from {
+            occurrences.clear();
+            *scanned_to = scan_from;
+            *state = keywords.start();
+        }
+        occurrences.retain(|&(s, _)| s >= scan_from);
+        *state = keywords.scan(*state, bytes, *scanned_to, |s, rule| {
+            if s >= scan_from {
+                occurrences.push((s, rule));
+            }
+        });
+        occurrences.sort_unstable();
+        occurrences.dedup();
+        (*scanned_from, *scanned_to) = (scan_from, len);
+        // Longest keyword prefix the text ends with: a keyword still arriving starts no
+        // earlier than that.
+        let arriving_from = len - keywords.depth(*state);
+
         if !finished {
             // A rule whose secret precedes its keyword: the run of bytes that could be such
             // a secret, before a keyword that may be arriving (below) or not have started yet.
@@ -164,7 +188,7 @@ impl RuleSet {
                 i - bytes[..i].iter().rev().take(rule.before).take_while(|&&b| class[b as usize]).count()
             };
             // A keyword may be arriving: its first bytes end the buffer.
-            let lo = len.saturating_sub(self.max_keyword_len.saturating_sub(1)).max(scan_from);
+            let lo = len.saturating_sub(self.max_keyword_len.saturating_sub(1)).max(scan_from).max(arriving_from);
             let mut arriving = None;
             for i in lo..len {
                 let Some(node) = self.keyword_trie.walk(&bytes[i..]) else { continue };
@@ -182,46 +206,6 @@ impl RuleSet {
                 limit = limit.min(before_run(r, len));
             }
         }
-
-        let Scratch { occurrences, scanned_from, scanned_to, candidates, spans } = scratch;
-        candidates.clear();
-        spans.clear();
-        // Occurrences already found (see `Scratch`): only those ending after `scanned_to`
-        // are new, and they start at most a keyword's length before it.
-        if scan_from < *scanned_from || *scanned_to > len {
-            occurrences.clear();
-            *scanned_to = 0;
-        }
-        occurrences.retain(|&(s, _)| s >= scan_from);
-        let known_to = *scanned_to;
-        let from = scan_from.max((known_to + 1).saturating_sub(self.max_keyword_len));
-        if from < len {
-            // Driving the DFA directly (rather than through the overlapping search API) keeps
-            // the loop to one transition a byte; every keyword ending at a byte is reported,
-            // overlaps included, and none starts before `from`.
-            let dfa = &self.keywords;
-            let mut sid = dfa.start_state(Anchored::No).expect("unanchored start state exists");
-            for (i, &b) in bytes[from..len].iter().enumerate() {
-                sid = dfa.next_state(Anchored::No, sid, b);
-                if !dfa.is_special(sid) || !dfa.is_match(sid) {
-                    continue;
-                }
-                let end = from + i + 1;
-                if end <= known_to {
-                    continue;
-                }
-                for k in 0..dfa.match_len(sid) {
-                    let pattern = dfa.match_pattern(sid, k);
-                    let start = end - dfa.pattern_len(pattern);
-                    for &rule in &self.keyword_rules[pattern.as_usize()] {
-                        occurrences.push((start, rule));
-                    }
-                }
-            }
-        }
-        occurrences.sort_unstable();
-        occurrences.dedup();
-        (*scanned_from, *scanned_to) = (scan_from, len);
 
         let mut rescan_from = usize::MAX;
         for &(s, r) in occurrences.iter() {

@@ -12,7 +12,8 @@
 //! Regexes are byte regexes built with `unicode(false)` (`\w`, `\s`, `\b` are ASCII, as in
 //! RE2): Unicode tables cost seconds and hundreds of MiB per wasm VM (ARCHITECTURE.md).
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use crate::keywords::KeywordAutomaton;
+use aho_corasick::AhoCorasick;
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 use regex_automata::hybrid::dfa::{Cache, DFA as LazyDfa};
@@ -213,10 +214,9 @@ impl Rule {
 #[derive(Debug)]
 pub struct RuleSet {
     pub(crate) rules: Vec<Rule>,
-    /// One automaton over every distinct keyword (ASCII case-insensitive, overlapping).
-    pub(crate) keywords: aho_corasick::dfa::DFA,
-    /// Keyword pattern id → indices of the rules that list it.
-    pub(crate) keyword_rules: Vec<Vec<u32>>,
+    /// One automaton over every distinct keyword (ASCII case-insensitive, overlapping),
+    /// reporting the rules that list each keyword found.
+    pub(crate) keywords: KeywordAutomaton,
     /// Every keyword (lowercase): a keyword may be arriving when the buffered text ends with
     /// a proper prefix of one.
     pub(crate) keyword_trie: KeywordTrie,
@@ -416,21 +416,14 @@ pub fn compile_rules(
         }
         rules.push(rule);
     }
-    // A DFA driven byte by byte in `plan`: overlapping occurrences at one table look-up a byte.
-    let keywords = aho_corasick::dfa::DFA::builder()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::Standard)
-        .start_kind(aho_corasick::StartKind::Unanchored)
-        .prefilter(false)
-        .build(&keyword_list)
-        .map_err(|e| RuleError::Keywords { reason: e.to_string() })?;
+    let keywords = KeywordAutomaton::new(&keyword_list, &keyword_rules)
+        .map_err(|reason| RuleError::Keywords { reason })?;
     Ok(RuleSet {
         max_keyword_len: keyword_list.iter().map(String::len).max().unwrap_or(0),
         max_before: rules.iter().map(|r| r.before).max().unwrap_or(0),
         before_rules: (0..rules.len() as u32).filter(|&i| rules[i as usize].before > 0).collect(),
         rules,
         keywords,
-        keyword_rules,
         keyword_trie,
         placeholder: split_placeholder(DEFAULT_PLACEHOLDER),
     })
