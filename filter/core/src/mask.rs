@@ -20,6 +20,7 @@
 
 use crate::rules::RuleSet;
 use crate::stream_mask::may_start;
+use regex_automata::{Anchored, Input};
 use std::borrow::Cow;
 
 /// Result of masking a text.
@@ -275,27 +276,40 @@ impl RuleSet {
     fn candidate(&self, hay: &str, r: u32, s: usize, win_start: usize, win_end: usize) -> Option<Candidate> {
         let rule = &self.rules[r as usize];
         let window = &hay.as_bytes()[..win_end];
-        let mut at = win_start;
-        // The first match (in find-iter order within the window) that contains `s`.
-        let m = loop {
-            let m = rule.regex.find_at(window, at)?;
-            if m.start() > s {
+        let from = |at: usize| Input::new(window).span(at..win_end);
+        let m = if rule.before == 0 {
+            // The match must contain `s` and start in `win_start..=s`, that is at `s`: one
+            // anchored search, which stops where the regex cannot go on, rather than a
+            // search for a match anywhere up to the window's end.
+            let m = rule.regex.search(&from(s).anchored(Anchored::Yes))?;
+            if m.end() <= s {
                 return None;
             }
-            if m.end() > s {
-                break m;
-            }
-            at = if m.end() > at { m.end() } else { at + 1 };
-            if at > s {
-                return None;
+            m
+        } else {
+            // The first match (in find-iter order within the window) that contains `s`.
+            let mut at = win_start;
+            loop {
+                let m = rule.regex.search(&from(at))?;
+                if m.start() > s {
+                    return None;
+                }
+                if m.end() > s {
+                    break m;
+                }
+                at = if m.end() > at { m.end() } else { at + 1 };
+                if at > s {
+                    return None;
+                }
             }
         };
         let (a, b) = if rule.group == 0 {
             (m.start(), m.end())
         } else {
-            let caps = rule.regex.captures_at(window, m.start())?;
-            let g = caps.get(rule.group)?;
-            (g.start(), g.end())
+            let mut caps = rule.regex.create_captures();
+            rule.regex.search_captures(&from(m.start()).anchored(Anchored::Yes), &mut caps);
+            let g = caps.get_group(rule.group)?;
+            (g.start, g.end)
         };
         if a >= b {
             return None;

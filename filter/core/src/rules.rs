@@ -18,7 +18,9 @@ use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 use regex_automata::hybrid::dfa::{Cache, DFA as LazyDfa};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
+use regex_automata::meta::Regex as MetaRegex;
 use regex_automata::util::syntax;
+use regex_automata::PatternID;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
@@ -152,7 +154,9 @@ impl std::error::Error for RuleError {}
 #[derive(Debug)]
 pub(crate) struct Rule {
     pub(crate) id: String,
-    pub(crate) regex: Regex,
+    /// The meta regex `regex::bytes::Regex` wraps, used directly for its anchored searches.
+    pub(crate) regex: MetaRegex,
+    pub(crate) pattern: String,
     /// Capture group index of the secret.
     pub(crate) group: usize,
     pub(crate) entropy: Option<f64>,
@@ -193,7 +197,7 @@ impl Rule {
                             .cache_capacity(OPEN_WINDOW_DFA_CACHE)
                             .skip_cache_capacity_check(true),
                     )
-                    // The same syntax as `build_regex`, so the DFA has the regex's language.
+                    // The same syntax as `build_rule_regex`, so the DFA has the regex's language.
                     .syntax(syntax::Config::new().unicode(false).utf8(false))
                     .thompson(
                         thompson::Config::new()
@@ -201,7 +205,7 @@ impl Rule {
                             .which_captures(WhichCaptures::None)
                             .nfa_size_limit(Some(16 * 1024 * 1024)),
                     )
-                    .build(self.regex.as_str())
+                    .build(&self.pattern)
                     .ok()?;
                 let cache = Mutex::new(dfa.create_cache());
                 Some(OpenWindowDfa { dfa, cache })
@@ -442,6 +446,21 @@ fn build_regex(pattern: &str) -> Result<Regex, regex::Error> {
         .build()
 }
 
+/// A rule's regex, configured as [`build_regex`] configures `regex::bytes::Regex`.
+fn build_rule_regex(pattern: &str) -> Result<MetaRegex, String> {
+    MetaRegex::builder()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .configure(
+            MetaRegex::config()
+                .match_kind(regex_automata::MatchKind::LeftmostFirst)
+                .utf8_empty(false)
+                .hybrid_cache_capacity(DFA_SIZE_LIMIT)
+                .nfa_size_limit(Some(16 * 1024 * 1024)),
+        )
+        .build(pattern)
+        .map_err(|e| e.to_string())
+}
+
 fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
     let bad = |field: &'static str, reason: String| RuleError::InvalidField {
         rule: raw.id.clone(),
@@ -453,10 +472,11 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
     {
         return Err(bad("id", "must be non-empty and only use a-z, 0-9 and -".into()));
     }
-    let regex = build_regex(&raw.regex).map_err(|e| bad("regex", e.to_string()))?;
-    let group = match regex.capture_names().position(|n| n == Some("secret")) {
+    let regex = build_rule_regex(&raw.regex).map_err(|e| bad("regex", e))?;
+    let groups = regex.group_info();
+    let group = match groups.to_index(PatternID::ZERO, "secret") {
         Some(i) => i,
-        None if regex.captures_len() > 1 => 1,
+        None if groups.group_len(PatternID::ZERO) > 1 => 1,
         None => 0,
     };
     if raw.keywords.is_empty() {
@@ -507,6 +527,7 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
     Ok(Rule {
         id: raw.id.clone(),
         regex,
+        pattern: raw.regex.clone(),
         group,
         entropy: raw.entropy,
         allowlist,
