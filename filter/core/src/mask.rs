@@ -173,8 +173,6 @@ impl RuleSet {
                 occurrences.push((s, rule));
             }
         });
-        occurrences.sort_unstable();
-        occurrences.dedup();
         (*scanned_from, *scanned_to) = (scan_from, len);
         // Longest keyword prefix the text ends with: a keyword still arriving starts no
         // earlier than that.
@@ -450,6 +448,14 @@ mod tests {
         let text = expand_example("ghp_{{fake:alnum:36}} and ghp_{{fake:alnum:36}}");
         let m = builtin().mask(&text);
         assert_eq!(m.hits, vec![("github-pat".to_string(), 2)]);
+    }
+
+    #[test]
+    fn a_keyword_and_its_extension_in_one_rule_find_the_secret_once() {
+        let set = compile_rules(&[], &[raw("tok", "tok-?([0-9]{4})", &["tok", "tok-"])], &[]).unwrap();
+        let m = set.mask("a tok-1234 b tok5678");
+        assert_eq!(m.text, "a tok-[REDACTED:tok] b tok[REDACTED:tok]");
+        assert_eq!(m.hits, vec![("tok".to_string(), 2)]);
     }
 
     #[test]

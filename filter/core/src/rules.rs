@@ -420,8 +420,26 @@ pub fn compile_rules(
         }
         rules.push(rule);
     }
-    let keywords = KeywordAutomaton::new(&keyword_list, &keyword_rules)
-        .map_err(|reason| RuleError::Keywords { reason })?;
+    // A rule listing both `sk` and `sk-` would see each `sk-` twice at the same start: the
+    // longer keyword adds nothing for that rule. Dropping it keeps every (occurrence, rule)
+    // pair unique, so the maskers need not sort and deduplicate them.
+    let pruned: Vec<Vec<u32>> = keyword_list
+        .iter()
+        .zip(&keyword_rules)
+        .map(|(kw, rules)| {
+            let covered = |r: &u32| {
+                keyword_list
+                    .iter()
+                    .zip(&keyword_rules)
+                    .any(|(other, others)| other.len() < kw.len() && kw.starts_with(other.as_str()) && others.contains(r))
+            };
+            rules.iter().copied().filter(|r| !covered(r)).collect()
+        })
+        .collect();
+    let (scanned, scanned_rules): (Vec<String>, Vec<Vec<u32>>) =
+        keyword_list.iter().cloned().zip(pruned).filter(|(_, rules)| !rules.is_empty()).unzip();
+    let keywords =
+        KeywordAutomaton::new(&scanned, &scanned_rules).map_err(|reason| RuleError::Keywords { reason })?;
     Ok(RuleSet {
         max_keyword_len: keyword_list.iter().map(String::len).max().unwrap_or(0),
         max_before: rules.iter().map(|r| r.before).max().unwrap_or(0),
