@@ -157,9 +157,10 @@ fn sse_stream(text: &str, piece: usize) -> Vec<u8> {
         while !text.is_char_boundary(end) {
             end += 1;
         }
-        out += &ev(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": &text[start..end]}}),
+        // The layout the API writes (key order included), not `json!`'s sorted keys.
+        let piece = serde_json::to_string(&text[start..end]).expect("a string encodes");
+        out += &format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{piece}}}}}\n\n"
         );
         start = end;
     }

@@ -188,19 +188,31 @@ pub(crate) fn encode_string(s: &str) -> String {
 /// Appends `s` escaped as JSON string content (no quotes): `"`, `\` and control characters
 /// only, as serde_json does, so pieces encoded separately concatenate to the whole encoded.
 pub(crate) fn encode_into(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Every byte to escape is ASCII, so runs between them are whole characters: copied as
+    // they are, one slice at a time.
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if escaped.is_empty() {
+            out.push_str(&format!("\\u{:04x}", b));
+        } else {
+            out.push_str(escaped);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
 }
 
 /// Replaces strings of the JSON text `json`, keeping every other byte. `f` gets the path of
@@ -507,8 +519,10 @@ mod tests {
 
     #[test]
     fn string_encoding_round_trips_through_serde() {
-        let s = "q\" b\\ n\n t\t c\u{1} é 🎉 /";
-        assert_eq!(serde_json::from_str::<String>(&encode_string(s)).unwrap(), s);
-        assert_eq!(encode_string(s), serde_json::to_string(s).unwrap());
+        let controls: String = (0u8..0x20).chain([0x7f]).map(char::from).collect();
+        for s in ["q\" b\\ n\n t\t c\u{1} é 🎉 /", &controls, "plain", ""] {
+            assert_eq!(serde_json::from_str::<String>(&encode_string(s)).unwrap(), s);
+            assert_eq!(encode_string(s), serde_json::to_string(s).unwrap());
+        }
     }
 }

@@ -181,7 +181,7 @@ impl StreamRewriter {
         if self.failed {
             return Err(StreamError::Failed);
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 8);
         for ev in self.framer.push(chunk) {
             self.event(&ev, &mut out).inspect_err(|_| self.failed = true)?;
         }
@@ -223,6 +223,20 @@ impl StreamRewriter {
         };
         if self.shape == Shape::OpenAiChat {
             return self.openai_event(ev, data, out);
+        }
+        if let Some(delta) = self.head_path.then(|| canonical_delta(data)).flatten() {
+            if delta.kind == Kind::Thinking && self.thinking == ThinkingMode::Pass {
+                out.extend_from_slice(&ev.raw);
+                return Ok(());
+            }
+            let new = self.push_text(delta.index, delta.kind, &delta.piece)?;
+            if new == delta.piece {
+                out.extend_from_slice(&ev.raw);
+            } else if !new.is_empty() {
+                write_delta(ev, data, delta.kind, &new, Some(delta.span), out)
+                    .map_err(|reason| StreamError::InvalidEvent { event: ev.event.clone(), reason })?;
+            }
+            return Ok(());
         }
         if let Some(head) = self.head_path.then(|| serde_json::from_str::<Head>(data).ok()).flatten() {
             if let Some(done) = self.head_event(ev, data, &head, out) {
@@ -339,21 +353,9 @@ impl StreamRewriter {
                 if new == piece {
                     out.extend_from_slice(&ev.raw);
                 } else if !new.is_empty() {
-                    match delta_string_span(data, kind.field()) {
-                        // The one string `replace_and_write` would replace: spliced directly.
-                        Some((a, b)) => {
-                            let mut token = String::with_capacity(new.len() + 2);
-                            token.push('"');
-                            encode_into(&new, &mut token);
-                            token.push('"');
-                            write_event_parts(ev, [&data[..a], &token, &data[b..]], out);
-                        }
-                        None => {
-                            let path = [P::Key("delta".into()), P::Key(kind.field().into())];
-                            if let Err(reason) = replace_and_write(ev, data, &path, &new, out) {
-                                return Some(Err(invalid(reason)));
-                            }
-                        }
+                    let span = delta_string_span(data, kind.field());
+                    if let Err(reason) = write_delta(ev, data, kind, &new, span, out) {
+                        return Some(Err(invalid(reason)));
                     }
                 }
             }
@@ -610,13 +612,14 @@ fn write_event_parts(ev: &Event, data: [&str; 3], out: &mut Vec<u8>) {
     // Data joined from several `data:` lines contains `\n` (JSON whitespace): one line each.
     out.extend_from_slice(b"data: ");
     for part in data {
-        let mut lines = part.split('\n');
-        out.extend_from_slice(lines.next().unwrap_or("").as_bytes());
-        for line in lines {
+        let mut rest = part.as_bytes();
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            out.extend_from_slice(&rest[..nl]);
             out.extend_from_slice(eol);
             out.extend_from_slice(b"data: ");
-            out.extend_from_slice(line.as_bytes());
+            rest = &rest[nl + 1..];
         }
+        out.extend_from_slice(rest);
     }
     out.extend_from_slice(eol);
     out.extend_from_slice(eol);
@@ -783,6 +786,87 @@ impl<'de> Deserialize<'de> for Skip {
     }
 }
 
+/// Writes a delta event whose text became `new` (not empty, not the event's own text): the
+/// string at `span` (quotes included) spliced directly when known, else found by walking
+/// the data.
+fn write_delta(ev: &Event, data: &str, kind: Kind, new: &str, span: Option<(usize, usize)>, out: &mut Vec<u8>) -> Result<(), String> {
+    match span {
+        Some((a, b)) => {
+            let mut token = String::with_capacity(new.len() + new.len() / 8 + 2);
+            token.push('"');
+            encode_into(new, &mut token);
+            token.push('"');
+            write_event_parts(ev, [&data[..a], &token, &data[b..]], out);
+            Ok(())
+        }
+        None => {
+            let path = [P::Key("delta".into()), P::Key(kind.field().into())];
+            replace_and_write(ev, data, &path, new, out)
+        }
+    }
+}
+
+/// A `content_block_delta` in the layout the Messages API writes (keys in its order, nothing
+/// else; whitespace between tokens allowed): read by matching that layout, which is most
+/// events of a stream; anything else goes through [`Head`].
+#[derive(Debug)]
+struct CanonicalDelta<'a> {
+    index: u64,
+    kind: Kind,
+    /// The text's string token (quotes included) in the data.
+    span: (usize, usize),
+    piece: Cow<'a, str>,
+}
+
+/// `data` as a [`CanonicalDelta`], if it is exactly that layout and valid JSON.
+fn canonical_delta(data: &str) -> Option<CanonicalDelta<'_>> {
+    let b = data.as_bytes();
+    let at = tokens(b, 0, &["{", r#""type""#, ":", r#""content_block_delta""#, ",", r#""index""#, ":"])?;
+    let at = ws(b, at);
+    let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || (digits > 1 && b[at] == b'0') {
+        return None;
+    }
+    let index = data[at..at + digits].parse().ok()?;
+    let at = at + digits;
+    let (kind, at) = [Kind::Text, Kind::Thinking, Kind::Json].into_iter().find_map(|kind| {
+        let (delta_type, field) = match kind {
+            Kind::Text => (r#""text_delta""#, r#""text""#),
+            Kind::Thinking => (r#""thinking_delta""#, r#""thinking""#),
+            Kind::Json => (r#""input_json_delta""#, r#""partial_json""#),
+        };
+        let at = tokens(b, at, &[",", r#""delta""#, ":", "{", r#""type""#, ":", delta_type, ",", field, ":"])?;
+        Some((kind, at))
+    })?;
+    let a = ws(b, at);
+    let (_, end) = string_token(b, a)?;
+    if ws(b, tokens(b, end, &["}", "}"])?) != b.len() {
+        return None;
+    }
+    let token = &data[a..end];
+    let inner = &token[1..token.len() - 1];
+    // Escapes are decoded (and checked) by serde_json; a raw control character is invalid
+    // JSON, which serde_json refuses too.
+    let piece = if inner.bytes().any(|c| c == b'\\' || c < 0x20) {
+        Cow::Owned(serde_json::from_str::<String>(token).ok()?)
+    } else {
+        Cow::Borrowed(inner)
+    };
+    Some(CanonicalDelta { index, kind, span: (a, end), piece })
+}
+
+/// Past `expected` in `b` from `at`, each token preceded by optional JSON whitespace.
+fn tokens(b: &[u8], mut at: usize, expected: &[&str]) -> Option<usize> {
+    for t in expected {
+        at = ws(b, at);
+        if !b[at..].starts_with(t.as_bytes()) {
+            return None;
+        }
+        at += t.len();
+    }
+    Some(at)
+}
+
 /// The byte range (quotes included) of the string at `delta.<field>` in `data`, valid JSON
 /// already parsed as a [`Head`], if exactly one string sits at that path: the token
 /// [`replace_and_write`] would replace, found without building paths.
@@ -848,14 +932,13 @@ fn string_token(b: &[u8], at: usize) -> Option<(usize, usize)> {
         return None;
     }
     let mut i = at + 1;
-    while i < b.len() {
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
         match b[i] {
             b'"' => return Some((at, i + 1)),
-            b'\\' => i += 2,
-            _ => i += 1,
+            _ => i += 2,
         }
     }
-    None
 }
 
 /// Whether the key token `token` (quotes included) decodes to `name`.
@@ -1086,6 +1169,22 @@ mod tests {
     }
 
     #[test]
+    fn deltas_in_the_api_layout_are_read_without_a_parser() {
+        let d = canonical_delta(r#"{"type":"content_block_delta","index":7,"delta":{"type":"text_delta","text":"a\"b"}}"#).unwrap();
+        assert_eq!((d.index, d.kind, d.piece.as_ref()), (7, Kind::Text, "a\"b"));
+        let spaced = r#"{"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{}"}}"#;
+        let d = canonical_delta(spaced).unwrap();
+        assert_eq!((d.index, d.kind, &spaced[d.span.0..d.span.1]), (1, Kind::Json, r#""{}""#));
+        for other in [
+            r#"{"index":0,"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"x"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}x"#,
+        ] {
+            assert!(canonical_delta(other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
     fn awkward_events_give_the_same_bytes_through_the_head_as_through_a_value() {
         let key = aws();
         let deep = format!("{}1{}", "[".repeat(130), "]".repeat(130));
@@ -1101,6 +1200,17 @@ mod tests {
             r#"{"type":"content_block_delta","index":0.0,"delta":{"type":"text_delta","text":"f"}}"#.into(),
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":5}}"#.into(),
             r#"{"type":5,"index":0}"#.into(),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"esc \"q\" \\ \n \u00e9 \ud83c\udf89 secret"}}"#.into(),
+            r#"{"type":"content_block_delta","index":00,"delta":{"type":"text_delta","text":"z"}}"#.into(),
+            r#"{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "spaced token = "}}"#.into(),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"unclosed"}"#.into(),
+            r#"{"type":"content_block_delta","index":12,"delta":{"type":"text_delta","text":"other block"}}"#.into(),
+            "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"raw\u{1}control\"}}".into(),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"bad \x escape"}}"#.into(),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"trailing"}} "#.into(),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"extra"},"x":1}"#.into(),
+            r#"{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{\"k\": \"tok"}}"#.into(),
+            r#"{"type":"content_block_delta","index":4,"delta":{"type":"thinking_delta","thinking":"my secret is"}}"#.into(),
             r#"{"type":"content_block_stop","index":0}"#.into(),
             r#"{"type":"message_stop"}"#.into(),
             // Several `data:` lines (JSON whitespace between them).
@@ -1113,8 +1223,8 @@ mod tests {
                 .iter()
                 .map(|d| format!("event: content_block_delta\r\ndata: {}\r\n\r\n", d.replace('\n', "\r\ndata: ")))
                 .collect::<String>();
-            let run = |head_path: bool| {
-                let mut r = StreamRewriter::new(builtin(), ThinkingMode::Mask);
+            let run = |head_path: bool, thinking: ThinkingMode| {
+                let mut r = StreamRewriter::new(builtin(), thinking);
                 r.head_path = head_path;
                 let out = r.push(input.as_bytes()).and_then(|mut out| {
                     out.extend(r.finish()?);
@@ -1122,7 +1232,9 @@ mod tests {
                 });
                 (out, r.hits())
             };
-            assert_eq!(run(true), run(false), "event {i}: {data}");
+            for thinking in [ThinkingMode::Mask, ThinkingMode::Pass] {
+                assert_eq!(run(true, thinking), run(false, thinking), "event {i} ({thinking:?}): {data}");
+            }
         }
     }
 
