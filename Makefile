@@ -61,8 +61,15 @@ test-wasm: test-tools ## run scrim-core's masking tests compiled to wasm32-unkno
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(CURDIR)/$(TOOLS)/wasm-bindgen/bin/wasm-bindgen-test-runner \
 	  cargo test --locked -p scrim-core --target wasm32-unknown-unknown --test wasm
 
-bench: wasm ## run the benchmarks and print their figures (native masking, then through Envoy)
+bench: wasm ## run the benchmarks and print their figures (masking natively, in V8, then through Envoy)
+	@echo "== masking, native"
 	cargo bench --locked -p scrim-core --bench mask
+	@echo "== masking, the same benchmark built for wasm32-wasip1 and run in V8 (Node's WASI)"
+	@program=$$(cargo bench --locked -p scrim-core --bench mask --target wasm32-wasip1 --no-run --message-format=json \
+	  | grep -o '"executable":"[^"]*\.wasm"' | cut -d'"' -f4); \
+	test -n "$$program" || { echo "no wasm benchmark built"; exit 1; }; \
+	node --no-warnings tests/bench/wasi-run.mjs "$$program" $(CURDIR)/filter/core
+	@echo "== through Envoy"
 	cargo run --locked --release -p scrim-devstack --bin scrim-bench
 
 clean: ## remove build outputs and installed tools (keeps .scrim state)

@@ -122,6 +122,14 @@ async fn audit_required_cost(base: &Figures) -> Result<(), String> {
     let client = reqwest::Client::new();
     let token = stack.token();
     let url = stack.url("/v1/messages");
+    // Ready when an exchange goes through: until the recorder has answered a first check,
+    // the filter refuses (503), as it must.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while measure(&client, &url, 1, |_| Some(token.clone())).await.is_err() {
+        if Instant::now() > deadline {
+            return Err("the gateway with audit.required never served an exchange".into());
+        }
+    }
     measure(&client, &url, WARMUP, |_| Some(token.clone())).await?;
     let f = measure(&client, &url, REQUESTS, |_| Some(token.clone())).await?;
     report("filter + audit.required", &f, base);
