@@ -187,7 +187,7 @@ pub(crate) fn encode_string(s: &str) -> String {
 
 /// Appends `s` escaped as JSON string content (no quotes): `"`, `\` and control characters
 /// only, as serde_json does, so pieces encoded separately concatenate to the whole encoded.
-pub(crate) fn encode_into(s: &str, out: &mut String) {
+pub(crate) fn encode_into(s: &str, out: &mut impl TextSink) {
     // Every byte to escape is ASCII, so runs between them are whole characters: copied as
     // they are, one slice at a time.
     let bytes = s.as_bytes();
@@ -204,15 +204,76 @@ pub(crate) fn encode_into(s: &str, out: &mut String) {
             0..=0x1f => "",
             _ => continue,
         };
-        out.push_str(&s[run..i]);
+        out.put(&s[run..i]);
         if escaped.is_empty() {
-            out.push_str(&format!("\\u{:04x}", b));
+            out.put(&format!("\\u{:04x}", b));
         } else {
-            out.push_str(escaped);
+            out.put(escaped);
         }
         run = i + 1;
     }
-    out.push_str(&s[run..]);
+    out.put(&s[run..]);
+}
+
+/// Where [`encode_into`] writes: a `String`, or the bytes of an event being written.
+pub(crate) trait TextSink {
+    fn put(&mut self, s: &str);
+}
+
+impl TextSink for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+impl TextSink for Vec<u8> {
+    fn put(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Decodes a JSON string token (quotes included) as serde_json would, for the common cases:
+/// `None` for anything it does not decode itself (a `\\u` escape of a surrogate, a control
+/// character, a bad escape), which the caller then hands to serde_json.
+pub(crate) fn decode_string_token(token: &str) -> Option<String> {
+    let inner = token.strip_prefix('"')?.strip_suffix('"')?;
+    let bytes = inner.as_bytes();
+    let mut out = String::with_capacity(inner.len());
+    let mut run = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                out.push_str(&inner[run..i]);
+                let c = match *bytes.get(i + 1)? {
+                    b'"' => '"',
+                    b'\\' => '\\',
+                    b'/' => '/',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'n' => '\n',
+                    b'r' => '\r',
+                    b't' => '\t',
+                    b'u' => {
+                        let hex = inner.get(i + 2..i + 6)?;
+                        if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                            return None;
+                        }
+                        i += 4;
+                        char::from_u32(u32::from_str_radix(hex, 16).ok()?)?
+                    }
+                    _ => return None,
+                };
+                out.push(c);
+                i += 2;
+                run = i;
+            }
+            b'"' | 0..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+    out.push_str(&inner[run..]);
+    Some(out)
 }
 
 /// Replaces strings of the JSON text `json`, keeping every other byte. `f` gets the path of
@@ -515,6 +576,23 @@ mod tests {
         let v: Value = serde_json::from_slice(&out.bytes.unwrap()).unwrap();
         assert_eq!(v["content"][0]["thinking"], format!("the key is {}", aws()));
         assert_eq!(v["content"][0]["signature"], "sig");
+    }
+
+    #[test]
+    fn string_tokens_decode_as_serde_json_decodes_them_or_not_at_all() {
+        let all_escapes = serde_json::to_string(&(0u8..0x80).map(char::from).collect::<String>()).unwrap();
+        for token in [
+            r#""plain é 🎉""#,
+            r#""q\" b\\ s\/ \b\f\n\r\t \u00e9 \u20AC end""#,
+            &all_escapes,
+            r#""""#,
+        ] {
+            assert_eq!(decode_string_token(token), Some(serde_json::from_str::<String>(token).unwrap()), "{token}");
+        }
+        // Surrogates, bad escapes, raw control characters, stray quotes: left to serde_json.
+        for token in [r#""\ud83c\udf89""#, r#""\x""#, "\"a\u{1}\"", r#""a"b""#, r#""\u12""#, r#""\""#, r#""\u12G4""#] {
+            assert_eq!(decode_string_token(token), None, "{token}");
+        }
     }
 
     #[test]

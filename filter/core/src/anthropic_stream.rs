@@ -33,9 +33,9 @@
 //! inside an event are errors: the caller must fail closed, and the rewriter then refuses
 //! further input.
 
-use crate::anthropic::{encode_into, encode_string, rewrite_strings, Tally, P};
+use crate::anthropic::{decode_string_token, encode_into, encode_string, rewrite_strings, Tally, P};
 use crate::rules::RuleSet;
-use crate::sse::{Event, SseFramer};
+use crate::sse::{EventRef, SseFramer};
 use crate::stream_mask::StreamMasker;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -182,9 +182,11 @@ impl StreamRewriter {
             return Err(StreamError::Failed);
         }
         let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 8);
-        for ev in self.framer.push(chunk) {
-            self.event(&ev, &mut out).inspect_err(|_| self.failed = true)?;
-        }
+        // The framer lends each event from its buffer while `self` handles it.
+        let mut framer = std::mem::take(&mut self.framer);
+        let done = framer.push_each(chunk, |ev| self.event(&ev, &mut out));
+        self.framer = framer;
+        done.inspect_err(|_| self.failed = true)?;
         Ok(out)
     }
 
@@ -215,7 +217,7 @@ impl StreamRewriter {
         tally.in_order(&self.rules)
     }
 
-    fn event(&mut self, ev: &Event, out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn event(&mut self, ev: &EventRef, out: &mut Vec<u8>) -> Result<(), StreamError> {
         self.eol = line_ending(&ev.raw);
         let Some(data) = ev.data.as_deref() else {
             out.extend_from_slice(&ev.raw);
@@ -234,7 +236,7 @@ impl StreamRewriter {
                 out.extend_from_slice(&ev.raw);
             } else if !new.is_empty() {
                 write_delta(ev, data, delta.kind, &new, Some(delta.span), out)
-                    .map_err(|reason| StreamError::InvalidEvent { event: ev.event.clone(), reason })?;
+                    .map_err(|reason| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason })?;
             }
             return Ok(());
         }
@@ -243,7 +245,7 @@ impl StreamRewriter {
                 return done;
             }
         }
-        let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.clone(), reason };
+        let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason };
         let v: Value = serde_json::from_str(data).map_err(|e| invalid(e.to_string()))?;
         let index = || v.get("index").and_then(Value::as_u64).ok_or_else(|| invalid("no index".into()));
         match v.get("type").and_then(Value::as_str) {
@@ -319,8 +321,8 @@ impl StreamRewriter {
     /// [`Self::event`] for the events [`Head`] holds all that is needed of: exactly what the
     /// `Value` path does with them, without building the value. `None` for a
     /// `content_block_start` (rare, and it needs the whole value): the caller goes on.
-    fn head_event(&mut self, ev: &Event, data: &str, head: &Head, out: &mut Vec<u8>) -> Option<Result<(), StreamError>> {
-        let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.clone(), reason };
+    fn head_event(&mut self, ev: &EventRef, data: &str, head: &Head, out: &mut Vec<u8>) -> Option<Result<(), StreamError>> {
+        let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason };
         let index = || head.index.ok_or_else(|| invalid("no index".into()));
         match head.kind.as_deref() {
             Some("content_block_delta") => {
@@ -383,7 +385,7 @@ impl StreamRewriter {
     /// of the block's stream.
     fn start_text(
         &mut self,
-        ev: &Event,
+        ev: &EventRef,
         data: &str,
         v: &Value,
         index: u64,
@@ -399,18 +401,18 @@ impl StreamRewriter {
             // Unlike a delta, the start event must stay even when its text is all held.
             let path = [P::Key("content_block".into()), P::Key(field.into())];
             replace_and_write(ev, data, &path, &new, out)
-                .map_err(|reason| StreamError::InvalidEvent { event: ev.event.clone(), reason })?;
+                .map_err(|reason| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason })?;
         }
         Ok(())
     }
 
-    fn openai_event(&mut self, ev: &Event, data: &str, out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn openai_event(&mut self, ev: &EventRef, data: &str, out: &mut Vec<u8>) -> Result<(), StreamError> {
         if data.trim() == "[DONE]" {
             self.flush_all(out);
             out.extend_from_slice(&ev.raw);
             return Ok(());
         }
-        let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.clone(), reason };
+        let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason };
         let v: Value = serde_json::from_str(data).map_err(|e| invalid(e.to_string()))?;
         let Some(choices) = v.get("choices").and_then(Value::as_array) else {
             out.extend_from_slice(&ev.raw);
@@ -579,7 +581,7 @@ fn pointer(path: &[P]) -> String {
 }
 
 fn line_ending(raw: &[u8]) -> &'static str {
-    match raw.iter().position(|&b| b == b'\r') {
+    match memchr::memchr(b'\r', raw) {
         Some(i) if raw.get(i + 1) == Some(&b'\n') => "\r\n",
         Some(_) => "\r",
         None => "\n",
@@ -587,7 +589,7 @@ fn line_ending(raw: &[u8]) -> &'static str {
 }
 
 /// Writes `ev` with the string at `path` of its data replaced by `new`.
-fn replace_and_write(ev: &Event, data: &str, path: &[P], new: &str, out: &mut Vec<u8>) -> Result<(), String> {
+fn replace_and_write(ev: &EventRef, data: &str, path: &[P], new: &str, out: &mut Vec<u8>) -> Result<(), String> {
     let token = encode_string(new);
     let replaced = rewrite_strings(data, |p, is_key, _| Ok((!is_key && p == path).then(|| token.clone())))?;
     write_event(ev, replaced.as_deref().unwrap_or(data), out);
@@ -595,12 +597,20 @@ fn replace_and_write(ev: &Event, data: &str, path: &[P], new: &str, out: &mut Ve
 }
 
 /// Serialises an event with new data, keeping its `event` and `id` fields and line ending.
-fn write_event(ev: &Event, data: &str, out: &mut Vec<u8>) {
-    write_event_parts(ev, [data, "", ""], out)
+fn write_event(ev: &EventRef, data: &str, out: &mut Vec<u8>) {
+    write_event_parts(ev, &[Part::Raw(data)], out)
+}
+
+/// A piece of an event's data as it is written.
+enum Part<'a> {
+    /// JSON text, written as it is.
+    Raw(&'a str),
+    /// Text written as a JSON string token (quoted and escaped).
+    Encoded(&'a str),
 }
 
 /// [`write_event`] with the data given as consecutive parts (no copy to join them first).
-fn write_event_parts(ev: &Event, data: [&str; 3], out: &mut Vec<u8>) {
+fn write_event_parts(ev: &EventRef, data: &[Part], out: &mut Vec<u8>) {
     let eol = line_ending(&ev.raw).as_bytes();
     for (name, value) in [(&b"event: "[..], &ev.event), (b"id: ", &ev.id)] {
         if let Some(value) = value {
@@ -612,6 +622,16 @@ fn write_event_parts(ev: &Event, data: [&str; 3], out: &mut Vec<u8>) {
     // Data joined from several `data:` lines contains `\n` (JSON whitespace): one line each.
     out.extend_from_slice(b"data: ");
     for part in data {
+        let part = match part {
+            Part::Raw(part) => part,
+            Part::Encoded(text) => {
+                // An encoded string has no line break of its own.
+                out.push(b'"');
+                encode_into(text, out);
+                out.push(b'"');
+                continue;
+            }
+        };
         let mut rest = part.as_bytes();
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             out.extend_from_slice(&rest[..nl]);
@@ -789,14 +809,10 @@ impl<'de> Deserialize<'de> for Skip {
 /// Writes a delta event whose text became `new` (not empty, not the event's own text): the
 /// string at `span` (quotes included) spliced directly when known, else found by walking
 /// the data.
-fn write_delta(ev: &Event, data: &str, kind: Kind, new: &str, span: Option<(usize, usize)>, out: &mut Vec<u8>) -> Result<(), String> {
+fn write_delta(ev: &EventRef, data: &str, kind: Kind, new: &str, span: Option<(usize, usize)>, out: &mut Vec<u8>) -> Result<(), String> {
     match span {
         Some((a, b)) => {
-            let mut token = String::with_capacity(new.len() + new.len() / 8 + 2);
-            token.push('"');
-            encode_into(new, &mut token);
-            token.push('"');
-            write_event_parts(ev, [&data[..a], &token, &data[b..]], out);
+            write_event_parts(ev, &[Part::Raw(&data[..a]), Part::Encoded(new), Part::Raw(&data[b..])], out);
             Ok(())
         }
         None => {
@@ -848,7 +864,8 @@ fn canonical_delta(data: &str) -> Option<CanonicalDelta<'_>> {
     // Escapes are decoded (and checked) by serde_json; a raw control character is invalid
     // JSON, which serde_json refuses too.
     let piece = if inner.bytes().any(|c| c == b'\\' || c < 0x20) {
-        Cow::Owned(serde_json::from_str::<String>(token).ok()?)
+        let decoded = decode_string_token(token);
+        Cow::Owned(decoded.or_else(|| serde_json::from_str::<String>(token).ok())?)
     } else {
         Cow::Borrowed(inner)
     };

@@ -6,6 +6,9 @@
 //! until the next byte shows whether a `\n` follows (so CRLF split between chunks stays one
 //! line ending, inside one event's `raw`).
 
+use std::borrow::Cow;
+use std::convert::Infallible;
+
 /// One event: the fields as the SSE specification parses them, and the bytes it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
@@ -24,6 +27,18 @@ pub struct Event {
     pub terminated: bool,
 }
 
+/// An [`Event`] borrowed from the framer's buffer (comments left out): what
+/// [`SseFramer::push_each`] hands over, so that a stream of small events costs no
+/// allocation per event unless a field needs one (several `data:` lines, invalid UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub event: Option<Cow<'a, str>>,
+    pub data: Option<Cow<'a, str>>,
+    pub id: Option<Cow<'a, str>>,
+    pub raw: &'a [u8],
+    pub terminated: bool,
+}
+
 /// Splits bytes into SSE events incrementally.
 #[derive(Debug, Default)]
 pub struct SseFramer {
@@ -33,9 +48,8 @@ pub struct SseFramer {
     buf: Vec<u8>,
     /// Start of the current event in `buf`.
     event_start: usize,
-    /// Start of the first line in `buf` not parsed yet.
+    /// Start of the first line in `buf` not looked at yet.
     line_start: usize,
-    current: Event,
 }
 
 impl SseFramer {
@@ -45,69 +59,135 @@ impl SseFramer {
 
     /// Adds bytes; returns the events they completed.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Event> {
-        self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
-        self.parse(false, &mut events);
+        let done: Result<(), Infallible> = self.push_each_with_comments(bytes, |ev, comments| {
+            events.push(owned(ev, comments));
+            Ok(())
+        });
+        let Ok(()) = done;
+        events
+    }
+
+    /// Adds bytes; calls `f` with each event they completed, in order, until it fails.
+    pub fn push_each<E>(&mut self, bytes: &[u8], mut f: impl FnMut(EventRef<'_>) -> Result<(), E>) -> Result<(), E> {
+        self.push_each_with_comments(bytes, |ev, _| f(ev))
+    }
+
+    fn push_each_with_comments<E>(
+        &mut self,
+        bytes: &[u8],
+        mut f: impl FnMut(EventRef<'_>, Vec<String>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.buf.extend_from_slice(bytes);
+        let done = self.dispatch(false, &mut f);
         self.buf.drain(..self.event_start);
         self.line_start -= self.event_start;
         self.event_start = 0;
-        events
+        done
+    }
+
+    /// Hands each complete event in `buf` to `f`; with `finished`, a `\r` ending the bytes
+    /// ends a line.
+    fn dispatch<E>(
+        &mut self,
+        finished: bool,
+        f: &mut impl FnMut(EventRef<'_>, Vec<String>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut done = Ok(());
+        while let Some(next) = self.next_line(finished) {
+            // A blank line ends the event.
+            let blank = matches!(self.buf[self.line_start], b'\n' | b'\r');
+            self.line_start = next;
+            if blank {
+                let mut comments = Vec::new();
+                let ev = parse(&self.buf[self.event_start..next], true, &mut comments);
+                self.event_start = next;
+                // A blank line with no field before it dispatches nothing per the
+                // specification; its bytes still have to go through: an event with no fields.
+                done = f(ev, comments);
+                if done.is_err() {
+                    break;
+                }
+            }
+        }
+        done
     }
 
     /// Ends the stream: returns what is left, if anything, as an unterminated event.
     pub fn finish(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
-        self.parse(true, &mut events);
+        let done: Result<(), Infallible> = self.dispatch(true, &mut |ev, comments| {
+            events.push(owned(ev, comments));
+            Ok(())
+        });
+        let Ok(()) = done;
         if self.event_start < self.buf.len() {
+            let mut comments = Vec::new();
             // A last line without a line ending still counts as a line.
-            if self.line_start < self.buf.len() {
-                field(&mut self.current, &self.buf[self.line_start..]);
-            }
-            let mut ev = std::mem::take(&mut self.current);
-            ev.raw = self.buf[self.event_start..].to_vec();
-            ev.terminated = false;
-            events.push(ev);
+            let ev = parse(&self.buf[self.event_start..], false, &mut comments);
+            events.push(owned(ev, comments));
         }
         *self = SseFramer::default();
         events
     }
 
-    fn parse(&mut self, finished: bool, events: &mut Vec<Event>) {
-        loop {
-            let rest = &self.buf[self.line_start..];
-            let Some(eol) = memchr::memchr2(b'\n', b'\r', rest) else { return };
-            let end_len = match rest[eol] {
-                b'\n' => 1,
-                _ if eol + 1 < rest.len() => 1 + (rest[eol + 1] == b'\n') as usize,
-                // `\r` is the last byte seen: a `\n` may follow in the next chunk.
-                _ if !finished => return,
-                _ => 1,
-            };
-            let next = self.line_start + eol + end_len;
-            if eol == 0 {
-                let mut ev = std::mem::take(&mut self.current);
-                ev.raw = self.buf[self.event_start..next].to_vec();
-                ev.terminated = true;
-                self.event_start = next;
-                // A blank line with no field before it dispatches nothing per the
-                // specification; its bytes still have to go through: an event with no fields.
-                events.push(ev);
-            } else {
-                field(&mut self.current, &self.buf[self.line_start..self.line_start + eol]);
-            }
-            self.line_start = next;
-        }
+    /// The end (line ending included) of the line at `line_start`, once it is known.
+    fn next_line(&self, finished: bool) -> Option<usize> {
+        let rest = &self.buf[self.line_start..];
+        let eol = memchr::memchr2(b'\n', b'\r', rest)?;
+        let end_len = match rest[eol] {
+            b'\n' => 1,
+            _ if eol + 1 < rest.len() => 1 + (rest[eol + 1] == b'\n') as usize,
+            // `\r` is the last byte seen: a `\n` may follow in the next chunk.
+            _ if !finished => return None,
+            _ => 1,
+        };
+        Some(self.line_start + eol + end_len)
     }
 }
 
-/// Adds one field line (no line ending) to `current`.
-fn field(current: &mut Event, line: &[u8]) {
+fn owned(ev: EventRef<'_>, comments: Vec<String>) -> Event {
+    Event {
+        event: ev.event.map(Cow::into_owned),
+        data: ev.data.map(Cow::into_owned),
+        id: ev.id.map(Cow::into_owned),
+        comments,
+        raw: ev.raw.to_vec(),
+        terminated: ev.terminated,
+    }
+}
+
+/// The fields of one event's bytes: every line up to the blank line that ends it (or, for
+/// the unterminated rest of a stream, to its end).
+fn parse<'a>(raw: &'a [u8], terminated: bool, comments: &mut Vec<String>) -> EventRef<'a> {
+    let mut ev = EventRef { event: None, data: None, id: None, raw, terminated };
+    let mut at = 0;
+    while at < raw.len() {
+        let (end, next) = match memchr::memchr2(b'\n', b'\r', &raw[at..]) {
+            Some(i) => {
+                let end = at + i;
+                let crlf = raw[end] == b'\r' && raw.get(end + 1) == Some(&b'\n');
+                (end, end + 1 + crlf as usize)
+            }
+            None => (raw.len(), raw.len()),
+        };
+        if end == at {
+            break;
+        }
+        field(&mut ev, &raw[at..end], comments);
+        at = next;
+    }
+    ev
+}
+
+/// Adds one field line (no line ending) to `ev`.
+fn field<'a>(ev: &mut EventRef<'a>, line: &'a [u8], comments: &mut Vec<String>) {
     let line = line.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(line);
     if let Some(comment) = line.strip_prefix(b":") {
-        current.comments.push(String::from_utf8_lossy(comment).into_owned());
+        comments.push(String::from_utf8_lossy(comment).into_owned());
         return;
     }
-    let (name, value) = match line.iter().position(|&b| b == b':') {
+    let (name, value) = match memchr::memchr(b':', line) {
         Some(i) => {
             let v = &line[i + 1..];
             (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
@@ -116,19 +196,20 @@ fn field(current: &mut Event, line: &[u8]) {
     };
     // Data is nearly always valid UTF-8: the fast check first, the lossy walk only if not.
     let value = match std::str::from_utf8(value) {
-        Ok(v) => std::borrow::Cow::Borrowed(v),
+        Ok(v) => Cow::Borrowed(v),
         Err(_) => String::from_utf8_lossy(value),
     };
     match name {
-        b"event" => current.event = Some(value.into_owned()),
-        b"data" => match &mut current.data {
+        b"event" => ev.event = Some(value),
+        b"data" => match &mut ev.data {
             Some(d) => {
+                let d = d.to_mut();
                 d.push('\n');
                 d.push_str(&value);
             }
-            None => current.data = Some(value.into_owned()),
+            None => ev.data = Some(value),
         },
-        b"id" => current.id = Some(value.into_owned()),
+        b"id" => ev.id = Some(value),
         _ => {} // `retry` and unknown fields: kept in `raw` only.
     }
 }
@@ -209,6 +290,26 @@ mod tests {
         for (name, input) in cases() {
             let raw: Vec<u8> = frame(&[input]).into_iter().flat_map(|e| e.raw).collect();
             assert_eq!(raw, input, "case {name}");
+        }
+    }
+
+    #[test]
+    fn borrowed_events_carry_the_same_fields_as_owned_ones() {
+        for (name, input) in cases() {
+            for i in 0..=input.len() {
+                let mut f = SseFramer::new();
+                let mut borrowed = Vec::new();
+                for part in [&input[..i], &input[i..]] {
+                    let done: Result<(), ()> = f.push_each(part, |ev| {
+                        borrowed.push(Event { comments: Vec::new(), ..owned(ev, Vec::new()) });
+                        Ok(())
+                    });
+                    done.unwrap();
+                }
+                borrowed.extend(f.finish().into_iter().map(|e| Event { comments: Vec::new(), ..e }));
+                let whole: Vec<Event> = frame(&[input]).into_iter().map(|e| Event { comments: Vec::new(), ..e }).collect();
+                assert_eq!(borrowed, whole, "case {name}, split at {i}");
+            }
         }
     }
 
