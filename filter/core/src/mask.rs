@@ -215,7 +215,7 @@ impl RuleSet {
             let stop = if rule.multiline {
                 rule.end_finder.as_ref().and_then(|f| f.find(&bytes[s..scan_end]).map(|m| s + m.end()))
             } else {
-                bytes[s..scan_end].iter().position(|&b| b == b'\n').map(|p| s + p)
+                memchr::memchr(b'\n', &bytes[s..scan_end]).map(|p| s + p)
             };
             let win_end = match stop {
                 Some(e) => e,
