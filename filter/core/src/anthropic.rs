@@ -232,13 +232,17 @@ impl TextSink for Vec<u8> {
     }
 }
 
-/// Decodes a JSON string token (quotes included) as serde_json would, for the common cases:
-/// `None` for anything it does not decode itself (a `\\u` escape of a surrogate, a control
-/// character, a bad escape), which the caller then hands to serde_json.
-pub(crate) fn decode_string_token(token: &str) -> Option<String> {
+/// Appends the content of a JSON string token (quotes included), decoded as serde_json would,
+/// to `out`, for the common cases: false for anything it does not decode itself (a `\\u`
+/// escape of a surrogate, a control character, a bad escape), which the caller then hands to
+/// serde_json; `out` then holds a partial result.
+pub(crate) fn decode_string_token(token: &str, out: &mut String) -> bool {
+    decode_into(token, out).is_some()
+}
+
+fn decode_into(token: &str, out: &mut String) -> Option<()> {
     let inner = token.strip_prefix('"')?.strip_suffix('"')?;
     let bytes = inner.as_bytes();
-    let mut out = String::with_capacity(inner.len());
     let mut run = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -273,7 +277,7 @@ pub(crate) fn decode_string_token(token: &str) -> Option<String> {
         }
     }
     out.push_str(&inner[run..]);
-    Some(out)
+    Some(())
 }
 
 /// Replaces strings of the JSON text `json`, keeping every other byte. `f` gets the path of
@@ -587,11 +591,13 @@ mod tests {
             &all_escapes,
             r#""""#,
         ] {
-            assert_eq!(decode_string_token(token), Some(serde_json::from_str::<String>(token).unwrap()), "{token}");
+            let mut out = String::new();
+            assert!(decode_string_token(token, &mut out), "{token}");
+            assert_eq!(out, serde_json::from_str::<String>(token).unwrap(), "{token}");
         }
         // Surrogates, bad escapes, raw control characters, stray quotes: left to serde_json.
         for token in [r#""\ud83c\udf89""#, r#""\x""#, "\"a\u{1}\"", r#""a"b""#, r#""\u12""#, r#""\""#, r#""\u12G4""#] {
-            assert_eq!(decode_string_token(token), None, "{token}");
+            assert!(!decode_string_token(token, &mut String::new()), "{token}");
         }
     }
 

@@ -108,6 +108,10 @@ pub struct StreamRewriter {
     failed: bool,
     /// Read events through [`Head`] where it can (always, but for a test comparing the paths).
     head_path: bool,
+    /// Reused by every delta read in the API's layout: its text when it had escapes, and
+    /// what the masker released for it (two allocations per event otherwise).
+    decoded: String,
+    released: String,
 }
 
 /// Which API's stream this is.
@@ -164,6 +168,8 @@ impl StreamRewriter {
             eol: "\n",
             failed: false,
             head_path: true,
+            decoded: String::new(),
+            released: String::new(),
         }
     }
 
@@ -226,20 +232,27 @@ impl StreamRewriter {
         if self.shape == Shape::OpenAiChat {
             return self.openai_event(ev, data, out);
         }
-        if let Some(delta) = self.head_path.then(|| canonical_delta(data)).flatten() {
+        let mut decoded = std::mem::take(&mut self.decoded);
+        if let Some(delta) = self.head_path.then(|| canonical_delta(data, &mut decoded)).flatten() {
             if delta.kind == Kind::Thinking && self.thinking == ThinkingMode::Pass {
                 out.extend_from_slice(&ev.raw);
+                self.decoded = decoded;
                 return Ok(());
             }
-            let new = self.push_text(delta.index, delta.kind, &delta.piece)?;
-            if new == delta.piece {
+            let piece = delta.piece.unwrap_or(&decoded);
+            let mut new = std::mem::take(&mut self.released);
+            new.clear();
+            self.push_text_into(delta.index, delta.kind, piece, &mut new)?;
+            if new == piece {
                 out.extend_from_slice(&ev.raw);
             } else if !new.is_empty() {
                 write_delta(ev, data, delta.kind, &new, Some(delta.span), out)
                     .map_err(|reason| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason })?;
             }
+            (self.decoded, self.released) = (decoded, new);
             return Ok(());
         }
+        self.decoded = decoded;
         if let Some(head) = self.head_path.then(|| serde_json::from_str::<Head>(data).ok()).flatten() {
             if let Some(done) = self.head_event(ev, data, &head, out) {
                 return done;
@@ -507,21 +520,29 @@ impl StreamRewriter {
     }
 
     fn push_text(&mut self, index: u64, kind: Kind, piece: &str) -> Result<String, StreamError> {
+        let mut out = String::new();
+        self.push_text_into(index, kind, piece, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends to `out` what block `index` releases once `piece` is added to its `kind` text.
+    fn push_text_into(&mut self, index: u64, kind: Kind, piece: &str, out: &mut String) -> Result<(), StreamError> {
         let block = self.blocks.entry(index).or_default();
         let rules = &self.rules;
-        let masker = |m: &mut Option<StreamMasker>| m.get_or_insert_with(|| StreamMasker::new(rules.clone())).push(piece);
+        let push = |m: &mut Option<StreamMasker>, out: &mut String| {
+            m.get_or_insert_with(|| StreamMasker::new(rules.clone())).push_into(piece, out)
+        };
         match kind {
-            Kind::Text => Ok(masker(&mut block.text)),
-            Kind::Thinking => Ok(masker(&mut block.thinking)),
+            Kind::Text => push(&mut block.text, out),
+            Kind::Thinking => push(&mut block.thinking, out),
             Kind::Json => {
                 let lexer = block.json.get_or_insert_with(|| JsonLexer::new(rules.clone()));
-                let mut out = String::new();
                 lexer
-                    .push(piece, &mut out)
+                    .push(piece, out)
                     .map_err(|reason| StreamError::InvalidToolInput { index, reason: reason.into() })?;
-                Ok(out)
             }
         }
+        Ok(())
     }
 
     fn flush_all(&mut self, out: &mut Vec<u8>) {
@@ -581,10 +602,13 @@ fn pointer(path: &[P]) -> String {
 }
 
 fn line_ending(raw: &[u8]) -> &'static str {
-    match memchr::memchr(b'\r', raw) {
-        Some(i) if raw.get(i + 1) == Some(&b'\n') => "\r\n",
-        Some(_) => "\r",
-        None => "\n",
+    // The blank line that ended the event tells.
+    if raw.ends_with(b"\r\n") {
+        "\r\n"
+    } else if raw.ends_with(b"\r") {
+        "\r"
+    } else {
+        "\n"
     }
 }
 
@@ -831,11 +855,13 @@ struct CanonicalDelta<'a> {
     kind: Kind,
     /// The text's string token (quotes included) in the data.
     span: (usize, usize),
-    piece: Cow<'a, str>,
+    /// The text, when it is the token's content as it is; else it was decoded into the
+    /// buffer given to [`canonical_delta`].
+    piece: Option<&'a str>,
 }
 
 /// `data` as a [`CanonicalDelta`], if it is exactly that layout and valid JSON.
-fn canonical_delta(data: &str) -> Option<CanonicalDelta<'_>> {
+fn canonical_delta<'a>(data: &'a str, decoded: &mut String) -> Option<CanonicalDelta<'a>> {
     let b = data.as_bytes();
     let at = tokens(b, 0, &["{", r#""type""#, ":", r#""content_block_delta""#, ",", r#""index""#, ":"])?;
     let at = ws(b, at);
@@ -864,10 +890,13 @@ fn canonical_delta(data: &str) -> Option<CanonicalDelta<'_>> {
     // Escapes are decoded (and checked) by serde_json; a raw control character is invalid
     // JSON, which serde_json refuses too.
     let piece = if inner.bytes().any(|c| c == b'\\' || c < 0x20) {
-        let decoded = decode_string_token(token);
-        Cow::Owned(decoded.or_else(|| serde_json::from_str::<String>(token).ok())?)
+        decoded.clear();
+        if !decode_string_token(token, decoded) {
+            *decoded = serde_json::from_str::<String>(token).ok()?;
+        }
+        None
     } else {
-        Cow::Borrowed(inner)
+        Some(inner)
     };
     Some(CanonicalDelta { index, kind, span: (a, end), piece })
 }
@@ -1187,17 +1216,18 @@ mod tests {
 
     #[test]
     fn deltas_in_the_api_layout_are_read_without_a_parser() {
-        let d = canonical_delta(r#"{"type":"content_block_delta","index":7,"delta":{"type":"text_delta","text":"a\"b"}}"#).unwrap();
-        assert_eq!((d.index, d.kind, d.piece.as_ref()), (7, Kind::Text, "a\"b"));
+        let mut decoded = String::new();
+        let d = canonical_delta(r#"{"type":"content_block_delta","index":7,"delta":{"type":"text_delta","text":"a\"b"}}"#, &mut decoded).unwrap();
+        assert_eq!((d.index, d.kind, d.piece, decoded.as_str()), (7, Kind::Text, None, "a\"b"));
         let spaced = r#"{"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{}"}}"#;
-        let d = canonical_delta(spaced).unwrap();
+        let d = canonical_delta(spaced, &mut decoded).unwrap();
         assert_eq!((d.index, d.kind, &spaced[d.span.0..d.span.1]), (1, Kind::Json, r#""{}""#));
         for other in [
             r#"{"index":0,"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}"#,
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"x"}}"#,
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}x"#,
         ] {
-            assert!(canonical_delta(other).is_none(), "{other}");
+            assert!(canonical_delta(other, &mut decoded).is_none(), "{other}");
         }
     }
 

@@ -99,8 +99,15 @@ impl StreamMasker {
 
     /// Adds `chunk`; returns the masked text that is final now (possibly empty).
     pub fn push(&mut self, chunk: &str) -> String {
+        let mut out = String::new();
+        self.push_into(chunk, &mut out);
+        out
+    }
+
+    /// [`Self::push`], appending the final text to `out`.
+    pub fn push_into(&mut self, chunk: &str, out: &mut String) {
         self.buf.push_str(chunk);
-        self.step(false)
+        self.step_into(false, out);
     }
 
     /// Ends the stream: returns everything still held, masked. The masker is then empty and
@@ -130,9 +137,14 @@ impl StreamMasker {
     }
 
     fn step(&mut self, finished: bool) -> String {
+        let mut out = String::new();
+        self.step_into(finished, &mut out);
+        out
+    }
+
+    fn step_into(&mut self, finished: bool, out: &mut String) {
         let plan = self.rules.plan(&self.buf, self.scan_from, self.seg, finished, &mut self.scratch);
-        let mut out = String::with_capacity(plan.cut - self.seg);
-        self.rules.render(&self.buf, self.seg, plan.cut, &self.scratch.spans, &mut out);
+        self.rules.render(&self.buf, self.seg, plan.cut, &self.scratch.spans, out);
         for s in &self.scratch.spans {
             self.hits[s.rule as usize] += 1;
         }
@@ -144,7 +156,6 @@ impl StreamMasker {
         self.scratch.rebase(keep, plan.rescan_from, self.buf.len());
         self.seg = plan.cut - keep;
         self.scan_from = plan.rescan_from - keep;
-        out
     }
 }
 
