@@ -193,6 +193,9 @@ pub(crate) fn encode_into(s: &str, out: &mut impl TextSink) {
     let bytes = s.as_bytes();
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if !ESCAPED[b as usize] {
+            continue;
+        }
         let escaped = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -214,6 +217,19 @@ pub(crate) fn encode_into(s: &str, out: &mut impl TextSink) {
     }
     out.put(&s[run..]);
 }
+
+/// The bytes [`encode_into`] escapes: `"`, `\\` and the control characters.
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// Where [`encode_into`] writes: a `String`, or the bytes of an event being written.
 pub(crate) trait TextSink {

@@ -644,6 +644,8 @@ fn write_event_parts(ev: &EventRef, data: &[Part], out: &mut Vec<u8>) {
         }
     }
     // Data joined from several `data:` lines contains `\n` (JSON whitespace): one line each.
+    // Data the framer lent as it is came from one line and has none.
+    let one_line = matches!(ev.data, Some(Cow::Borrowed(_)));
     out.extend_from_slice(b"data: ");
     for part in data {
         let part = match part {
@@ -657,7 +659,7 @@ fn write_event_parts(ev: &EventRef, data: &[Part], out: &mut Vec<u8>) {
             }
         };
         let mut rest = part.as_bytes();
-        while let Some(nl) = memchr::memchr(b'\n', rest) {
+        while let Some(nl) = if one_line { None } else { memchr::memchr(b'\n', rest) } {
             out.extend_from_slice(&rest[..nl]);
             out.extend_from_slice(eol);
             out.extend_from_slice(b"data: ");
@@ -863,8 +865,8 @@ struct CanonicalDelta<'a> {
 /// `data` as a [`CanonicalDelta`], if it is exactly that layout and valid JSON.
 fn canonical_delta<'a>(data: &'a str, decoded: &mut String) -> Option<CanonicalDelta<'a>> {
     let b = data.as_bytes();
-    let at = tokens(b, 0, &["{", r#""type""#, ":", r#""content_block_delta""#, ",", r#""index""#, ":"])?;
-    let at = ws(b, at);
+    let head = [r#"{"type":"content_block_delta","index":"#, "{", r#""type""#, ":", r#""content_block_delta""#, ",", r#""index""#, ":"];
+    let at = ws(b, layout(b, 0, &head)?);
     let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
     if digits == 0 || (digits > 1 && b[at] == b'0') {
         return None;
@@ -872,33 +874,51 @@ fn canonical_delta<'a>(data: &'a str, decoded: &mut String) -> Option<CanonicalD
     let index = data[at..at + digits].parse().ok()?;
     let at = at + digits;
     let (kind, at) = [Kind::Text, Kind::Thinking, Kind::Json].into_iter().find_map(|kind| {
-        let (delta_type, field) = match kind {
-            Kind::Text => (r#""text_delta""#, r#""text""#),
-            Kind::Thinking => (r#""thinking_delta""#, r#""thinking""#),
-            Kind::Json => (r#""input_json_delta""#, r#""partial_json""#),
+        let middle = match kind {
+            Kind::Text => [r#","delta":{"type":"text_delta","text":"#, ",", r#""delta""#, ":", "{", r#""type""#, ":", r#""text_delta""#, ",", r#""text""#, ":"],
+            Kind::Thinking => [r#","delta":{"type":"thinking_delta","thinking":"#, ",", r#""delta""#, ":", "{", r#""type""#, ":", r#""thinking_delta""#, ",", r#""thinking""#, ":"],
+            Kind::Json => [r#","delta":{"type":"input_json_delta","partial_json":"#, ",", r#""delta""#, ":", "{", r#""type""#, ":", r#""input_json_delta""#, ",", r#""partial_json""#, ":"],
         };
-        let at = tokens(b, at, &[",", r#""delta""#, ":", "{", r#""type""#, ":", delta_type, ",", field, ":"])?;
-        Some((kind, at))
+        Some((kind, layout(b, at, &middle)?))
     })?;
     let a = ws(b, at);
-    let (_, end) = string_token(b, a)?;
-    if ws(b, tokens(b, end, &["}", "}"])?) != b.len() {
+    // The string token, and whether its content is its text as it is (no escape, no control
+    // character, which JSON does not allow raw: serde_json refuses it below).
+    if b.get(a) != Some(&b'"') {
+        return None;
+    }
+    let (mut end, mut plain) = (a + 1, true);
+    loop {
+        match *b.get(end)? {
+            b'"' => break,
+            b'\\' => (plain, end) = (false, end + 2),
+            c => (plain, end) = (plain && c >= 0x20, end + 1),
+        }
+    }
+    let end = end + 1;
+    if ws(b, layout(b, end, &["}}", "}", "}"])?) != b.len() {
         return None;
     }
     let token = &data[a..end];
-    let inner = &token[1..token.len() - 1];
-    // Escapes are decoded (and checked) by serde_json; a raw control character is invalid
-    // JSON, which serde_json refuses too.
-    let piece = if inner.bytes().any(|c| c == b'\\' || c < 0x20) {
+    let piece = if plain {
+        Some(&token[1..token.len() - 1])
+    } else {
         decoded.clear();
         if !decode_string_token(token, decoded) {
             *decoded = serde_json::from_str::<String>(token).ok()?;
         }
         None
-    } else {
-        Some(inner)
     };
     Some(CanonicalDelta { index, kind, span: (a, end), piece })
+}
+
+/// Past a piece of the layout at `at`: `forms[0]` is its compact form (one comparison, the
+/// usual case), `forms[1..]` its tokens, each preceded by optional JSON whitespace.
+fn layout(b: &[u8], at: usize, forms: &[&str]) -> Option<usize> {
+    match b[at..].starts_with(forms[0].as_bytes()) {
+        true => Some(at + forms[0].len()),
+        false => tokens(b, at, &forms[1..]),
+    }
 }
 
 /// Past `expected` in `b` from `at`, each token preceded by optional JSON whitespace.
