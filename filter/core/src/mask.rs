@@ -19,7 +19,7 @@
 //! `max_len` is masked only as far as the rule's regex reaches inside the window.
 
 use crate::rules::RuleSet;
-use crate::stream_mask::may_start;
+use crate::stream_mask::{may_start, Walk};
 use regex_automata::{Anchored, Input};
 use std::borrow::Cow;
 
@@ -58,9 +58,13 @@ pub(crate) struct Plan {
 /// keyword automaton's state after `buf[..scanned_to]`. While a window stays open (a
 /// private-key block is held up to 16 KiB), each push would otherwise scan the whole held
 /// text for keywords again; with this, only the new bytes are scanned.
+///
+/// Per occurrence it keeps what later plans would otherwise redo over the whole window on
+/// every push: the candidate once the window has closed, and for a window still open how far
+/// its end was looked for and how far its rule's DFA walked.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    occurrences: Vec<(usize, u32)>,
+    occurrences: Vec<Occurrence>,
     scanned_from: usize,
     scanned_to: usize,
     state: u32,
@@ -72,9 +76,18 @@ impl Scratch {
     /// The buffer lost its first `drained` bytes, and occurrences before `decided` (offset
     /// before the drain) will not be looked at again.
     pub(crate) fn rebase(&mut self, drained: usize, decided: usize, len_after: usize) {
-        self.occurrences.retain(|&(s, _)| s >= decided);
+        self.occurrences.retain(|o| o.start >= decided);
         for o in &mut self.occurrences {
-            o.0 -= drained;
+            o.start -= drained;
+            o.searched_to -= drained;
+            if let Some(Some(c)) = &mut o.decided {
+                c.occurrence -= drained;
+                c.start -= drained;
+                c.end -= drained;
+            }
+            if let Some(walk) = &mut o.walk {
+                walk.rebase(drained);
+            }
         }
         self.scanned_from = decided - drained;
         self.scanned_to = len_after;
@@ -86,6 +99,25 @@ impl Scratch {
         self.scanned_from = 0;
         self.scanned_to = 0;
         self.state = 0;
+    }
+}
+
+/// A keyword occurrence of one rule, and what is known of its window so far.
+#[derive(Debug, Clone, Copy)]
+struct Occurrence {
+    start: usize,
+    rule: u32,
+    /// Once the window has closed: its candidate, if any (the window's bytes cannot change).
+    decided: Option<Option<Candidate>>,
+    /// The window's end is not before this offset (searched up to it, nothing found).
+    searched_to: usize,
+    /// The rule's DFA walk over the open window, continued by the next plan.
+    walk: Option<Walk>,
+}
+
+impl Occurrence {
+    fn new(start: usize, rule: u32) -> Self {
+        Occurrence { start, rule, decided: None, searched_to: start, walk: None }
     }
 }
 
@@ -167,10 +199,10 @@ impl RuleSet {
             *scanned_to = scan_from;
             *state = keywords.start();
         }
-        occurrences.retain(|&(s, _)| s >= scan_from);
+        occurrences.retain(|o| o.start >= scan_from);
         *state = keywords.scan(*state, bytes, *scanned_to, |s, rule| {
             if s >= scan_from {
-                occurrences.push((s, rule));
+                occurrences.push(Occurrence::new(s, rule));
             }
         });
         (*scanned_from, *scanned_to) = (scan_from, len);
@@ -207,16 +239,24 @@ impl RuleSet {
         }
 
         let mut rescan_from = usize::MAX;
-        for &(s, r) in occurrences.iter() {
+        for occ in occurrences.iter_mut() {
+            if let Some(decided) = occ.decided {
+                candidates.extend(decided.filter(|c| c.start >= seg_start));
+                continue;
+            }
+            let (s, r) = (occ.start, occ.rule);
             let rule = &self.rules[r as usize];
             let win_start = s.saturating_sub(rule.before);
             let cap = s + rule.max_len;
             let scan_end = cap.min(len);
             let stop = if rule.multiline {
-                rule.end_finder.as_ref().and_then(|f| f.find(&bytes[s..scan_end]).map(|m| s + m.end()))
+                // The end marker may straddle what was searched before.
+                let from = occ.searched_to.saturating_sub(self.max_end_marker_len).max(s);
+                rule.end_finder.as_ref().and_then(|f| f.find(&bytes[from..scan_end]).map(|m| from + m.end()))
             } else {
-                memchr::memchr(b'\n', &bytes[s..scan_end]).map(|p| s + p)
+                memchr::memchr(b'\n', &bytes[occ.searched_to..scan_end]).map(|p| occ.searched_to + p)
             };
+            occ.searched_to = scan_end;
             let win_end = match stop {
                 Some(e) => e,
                 None if cap <= len => cap,
@@ -226,7 +266,8 @@ impl RuleSet {
                     // start a candidate could have (`win_start..=s`, see `candidate`), the
                     // occurrence has no candidate whatever follows: decided now, as the
                     // whole window will show.
-                    if !may_start(rule, bytes, win_start, s) {
+                    if !may_start(rule, bytes, win_start, s, &mut occ.walk) {
+                        occ.decided = Some(None);
                         continue;
                     }
                     // Otherwise nothing from the window's start on is final yet.
@@ -235,11 +276,9 @@ impl RuleSet {
                     continue;
                 }
             };
-            if let Some(c) = self.candidate(hay, r, s, win_start, win_end) {
-                if c.start >= seg_start {
-                    candidates.push(c);
-                }
-            }
+            let c = self.candidate(hay, r, s, win_start, win_end);
+            occ.decided = Some(c);
+            candidates.extend(c.filter(|c| c.start >= seg_start));
         }
         let limit = floor_char(hay, limit.max(seg_start));
 

@@ -228,6 +228,8 @@ pub struct RuleSet {
     pub(crate) before_rules: Vec<u32>,
     pub(crate) max_keyword_len: usize,
     pub(crate) max_before: usize,
+    /// Longest `end_marker` of a multi-line rule.
+    pub(crate) max_end_marker_len: usize,
     /// Placeholder split around `{id}`.
     pub(crate) placeholder: (String, String),
 }
@@ -401,11 +403,13 @@ pub fn compile_rules(
     let mut keyword_list: Vec<String> = Vec::new();
     let mut keyword_rules: Vec<Vec<u32>> = Vec::new();
     let mut keyword_trie = KeywordTrie::new();
+    let mut end_markers = Vec::new();
     for raw in raws {
         if !seen.insert(raw.id.clone()) {
             return Err(RuleError::DuplicateId { rule: raw.id.clone() });
         }
         let rule = compile_rule(raw)?;
+        end_markers.extend(raw.end_marker.clone());
         let index = rules.len() as u32;
         for kw in &raw.keywords {
             let id = *keyword_ids.entry(kw.clone()).or_insert_with(|| {
@@ -440,9 +444,11 @@ pub fn compile_rules(
         keyword_list.iter().cloned().zip(pruned).filter(|(_, rules)| !rules.is_empty()).unzip();
     let keywords =
         KeywordAutomaton::new(&scanned, &scanned_rules).map_err(|reason| RuleError::Keywords { reason })?;
+    let max_end_marker_len = end_markers.iter().map(String::len).max().unwrap_or(0);
     Ok(RuleSet {
         max_keyword_len: keyword_list.iter().map(String::len).max().unwrap_or(0),
         max_before: rules.iter().map(|r| r.before).max().unwrap_or(0),
+        max_end_marker_len,
         before_rules: (0..rules.len() as u32).filter(|&i| rules[i as usize].before > 0).collect(),
         rules,
         keywords,

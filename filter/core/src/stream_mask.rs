@@ -32,6 +32,8 @@
 use crate::mask::{floor_char, Scratch};
 use crate::rules::RuleSet;
 use crate::rules::{OpenWindowDfa, Rule};
+use regex_automata::hybrid::dfa::Cache;
+use regex_automata::hybrid::LazyStateID;
 use regex_automata::{Anchored, Input};
 use std::sync::Arc;
 
@@ -45,7 +47,11 @@ use std::sync::Arc;
 /// state means no continuation, end of text included, completes a match, and having seen no
 /// match state before it means none ended inside `hay`. Anything else (a match seen, still
 /// alive, a DFA that cannot be built) answers true, which only keeps holding the window.
-pub(crate) fn may_start(rule: &Rule, hay: &[u8], from: usize, to: usize) -> bool {
+///
+/// `walk` carries a walk from one call to the next for a window with one start (`from ==
+/// to`): the next call walks only the bytes added since, unless the DFA's cache was cleared
+/// in between (its states are then gone, and the walk starts over).
+pub(crate) fn may_start(rule: &Rule, hay: &[u8], from: usize, to: usize, walk: &mut Option<Walk>) -> bool {
     let Some(OpenWindowDfa { dfa, cache: shared }) = rule.open_window_dfa() else { return true };
     let mut cache = match shared.lock() {
         Ok(cache) => cache,
@@ -57,23 +63,58 @@ pub(crate) fn may_start(rule: &Rule, hay: &[u8], from: usize, to: usize) -> bool
             cache
         }
     };
-    (from..=to.min(hay.len())).any(|p| {
+    let start = |cache: &mut Cache, p: usize| {
         let input = Input::new(hay).span(p..hay.len()).anchored(Anchored::Yes);
-        let Ok(mut sid) = dfa.start_state_forward(&mut cache, &input) else { return true };
-        for &b in &hay[p..] {
-            let Ok(next) = dfa.next_state(&mut cache, sid, b) else { return true };
+        dfa.start_state_forward(cache, &input).ok()
+    };
+    // A run from `p` over `hay[at..]` in state `sid`: dead (false), or a match seen or still
+    // alive (true, and where it stands).
+    let run = |cache: &mut Cache, at: usize, mut sid: LazyStateID| -> (bool, Option<Walk>) {
+        for &b in &hay[at..] {
+            let Ok(next) = dfa.next_state(cache, sid, b) else { return (true, None) };
             sid = next;
             if sid.is_tagged() {
                 if sid.is_dead() {
-                    return false;
+                    return (false, None);
                 }
                 if sid.is_match() || sid.is_quit() {
-                    return true;
+                    return (true, Some(Walk::Matched));
                 }
             }
         }
-        true
-    })
+        (true, Some(Walk::Alive { to: hay.len(), state: sid, clears: cache.clear_count() }))
+    };
+    let to = to.min(hay.len());
+    if from != to {
+        return (from..=to).any(|p| start(&mut cache, p).is_none_or(|sid| run(&mut cache, p, sid).0));
+    }
+    let resumed = match *walk {
+        Some(Walk::Matched) => return true,
+        Some(Walk::Alive { to, state, clears }) if clears == cache.clear_count() && to <= hay.len() => Some((to, state)),
+        _ => start(&mut cache, from).map(|sid| (from, sid)),
+    };
+    let Some((at, sid)) = resumed else { return true };
+    let (alive, next) = run(&mut cache, at, sid);
+    *walk = next;
+    alive
+}
+
+/// Where a [`may_start`] walk over an open window stands.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Walk {
+    /// The DFA is in `state` after the bytes before `to`; `clears` is its cache's clear count
+    /// then.
+    Alive { to: usize, state: LazyStateID, clears: usize },
+    /// A match was seen: the answer stays true.
+    Matched,
+}
+
+impl Walk {
+    pub(crate) fn rebase(&mut self, drained: usize) {
+        if let Walk::Alive { to, .. } = self {
+            *to -= drained;
+        }
+    }
 }
 
 /// Masks one stream of text pushed in pieces.
