@@ -852,18 +852,18 @@ fn write_delta(ev: &EventRef, data: &str, kind: Kind, new: &str, span: Option<(u
 /// else; whitespace between tokens allowed): read by matching that layout, which is most
 /// events of a stream; anything else goes through [`Head`].
 #[derive(Debug)]
-struct CanonicalDelta<'a> {
-    index: u64,
+pub(crate) struct CanonicalDelta<'a> {
+    pub(crate) index: u64,
     kind: Kind,
     /// The text's string token (quotes included) in the data.
     span: (usize, usize),
     /// The text, when it is the token's content as it is; else it was decoded into the
     /// buffer given to [`canonical_delta`].
-    piece: Option<&'a str>,
+    pub(crate) piece: Option<&'a str>,
 }
 
 /// `data` as a [`CanonicalDelta`], if it is exactly that layout and valid JSON.
-fn canonical_delta<'a>(data: &'a str, decoded: &mut String) -> Option<CanonicalDelta<'a>> {
+pub(crate) fn canonical_delta<'a>(data: &'a str, decoded: &mut String) -> Option<CanonicalDelta<'a>> {
     let b = data.as_bytes();
     let head = [r#"{"type":"content_block_delta","index":"#, "{", r#""type""#, ":", r#""content_block_delta""#, ",", r#""index""#, ":"];
     let at = ws(b, layout(b, 0, &head)?);

@@ -3,8 +3,10 @@
 //! changes a byte, and it reads the masked output, so it can only hold what the client got.
 
 use crate::audit::{AuditResponse, ResponseBlock, Usage};
+use crate::anthropic_stream::canonical_delta;
 use crate::sse::SseFramer;
 use serde_json::Value;
+use std::convert::Infallible;
 
 /// Accumulates one response.
 #[derive(Debug, Default)]
@@ -18,6 +20,8 @@ pub struct Transcript {
     limit: usize,
     kept: usize,
     pub cut: bool,
+    /// Reused for deltas whose text has escapes.
+    decoded: String,
 }
 
 fn usage_from(v: &Value, into: &mut Usage) {
@@ -76,14 +80,26 @@ impl Transcript {
 
     /// Feeds streamed (SSE) bytes as sent to the client.
     pub fn push_stream(&mut self, bytes: &[u8]) {
-        for event in self.framer.push(bytes) {
+        let mut framer = std::mem::take(&mut self.framer);
+        let read: Result<(), Infallible> = framer.push_each(bytes, |event| {
             if let Some(data) = event.data.as_deref() {
                 self.event(data);
             }
-        }
+            Ok(())
+        });
+        let Ok(()) = read;
+        self.framer = framer;
     }
 
     fn event(&mut self, data: &str) {
+        // Most events are deltas in the API's layout: read without building a value.
+        let mut decoded = std::mem::take(&mut self.decoded);
+        if let Some(delta) = canonical_delta(data, &mut decoded) {
+            self.append(delta.index as usize, delta.piece.unwrap_or(&decoded));
+            self.decoded = decoded;
+            return;
+        }
+        self.decoded = decoded;
         let Ok(v) = serde_json::from_str::<Value>(data) else { return };
         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
         match v.get("type").and_then(Value::as_str) {
@@ -167,6 +183,8 @@ mod tests {
         "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n",
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"lo\"}}\n\n",
+        // Another key order: read through a parsed value.
+        "event: content_block_delta\ndata: {\"delta\":{\"text\":\" \\\"w\\\"\",\"type\":\"text_delta\"},\"index\":0,\"type\":\"content_block_delta\"}\n\n",
         "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"Bash\",\"input\":{}}}\n\n",
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"cmd\\\":\"}}\n\n",
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"ls\\\"}\"}}\n\n",
@@ -182,7 +200,7 @@ mod tests {
                 t.push_stream(chunk);
             }
             let r = t.response().unwrap();
-            assert_eq!(r.blocks[0].text, "Hello");
+            assert_eq!(r.blocks[0].text, "Hello \"w\"");
             assert_eq!(r.blocks[1].text, r#"{"cmd":"ls"}"#);
             assert_eq!(r.blocks[1].name.as_deref(), Some("Bash"));
             assert_eq!(r.stop_reason.as_deref(), Some("tool_use"));
