@@ -233,8 +233,13 @@ impl RuleSet {
             if let Some(i) = arriving {
                 limit = limit.min(i);
             }
-            for &r in &self.before_rules {
-                limit = limit.min(before_run(r, len));
+            match &self.before_runs {
+                Some(runs) => limit = limit.min(runs.start(bytes, len)),
+                None => {
+                    for &r in &self.before_rules {
+                        limit = limit.min(before_run(r, len));
+                    }
+                }
             }
         }
 

@@ -226,6 +226,8 @@ pub struct RuleSet {
     pub(crate) keyword_trie: KeywordTrie,
     /// Indices of the rules with `before > 0`.
     pub(crate) before_rules: Vec<u32>,
+    /// The same rules' classes, for one walk back over the text for all of them.
+    pub(crate) before_runs: Option<BeforeRuns>,
     pub(crate) max_keyword_len: usize,
     pub(crate) max_before: usize,
     /// Longest `end_marker` of a multi-line rule.
@@ -283,6 +285,57 @@ impl RuleSet {
 
     pub(crate) fn placeholder_for(&self, id: &str) -> String {
         format!("{}{}{}", self.placeholder.0, id, self.placeholder.1)
+    }
+}
+
+/// The rules with `before`, for the question a streaming masker asks on every push: how far
+/// back from the end of the text could a secret start that precedes a keyword not seen yet?
+/// One walk back answers it for all of them at once (a bit per rule); a walk per rule cost
+/// each push several times the length of the word it ends in.
+#[derive(Debug)]
+pub(crate) struct BeforeRuns {
+    /// Bit k: the byte is in the `before_class` of the k-th rule with `before`.
+    classes: Box<[u64; 256]>,
+    /// Bit k at offset j: the k-th rule reaches at least j + 1 bytes back (j < its `before`).
+    reach: Vec<u64>,
+}
+
+impl BeforeRuns {
+    /// `None` without such rules, or with more than 64 (the caller then walks per rule).
+    fn new(rules: &[Rule]) -> Option<Self> {
+        let with: Vec<&Rule> = rules.iter().filter(|r| r.before > 0).collect();
+        if with.is_empty() || with.len() > 64 {
+            return None;
+        }
+        let mut classes = Box::new([0u64; 256]);
+        let mut reach = vec![0u64; with.iter().map(|r| r.before).max().unwrap_or(0)];
+        for (k, rule) in with.iter().enumerate() {
+            let class = rule.before_class.as_deref().expect("a rule with before has a class");
+            for b in 0..256 {
+                if class[b] {
+                    classes[b] |= 1 << k;
+                }
+            }
+            for bits in &mut reach[..rule.before] {
+                *bits |= 1 << k;
+            }
+        }
+        Some(BeforeRuns { classes, reach })
+    }
+
+    /// The earliest start, at most `i`, of a run of bytes ending at `i` that one of the rules
+    /// could take for the part of its secret before a keyword at `i`.
+    pub(crate) fn start(&self, bytes: &[u8], i: usize) -> usize {
+        let mut alive = self.reach.first().copied().unwrap_or(0);
+        let mut run = 0;
+        while run < i && run < self.reach.len() {
+            alive &= self.classes[bytes[i - 1 - run] as usize] & self.reach[run];
+            if alive == 0 {
+                break;
+            }
+            run += 1;
+        }
+        i - run
     }
 }
 
@@ -450,6 +503,7 @@ pub fn compile_rules(
         max_before: rules.iter().map(|r| r.before).max().unwrap_or(0),
         max_end_marker_len,
         before_rules: (0..rules.len() as u32).filter(|&i| rules[i as usize].before > 0).collect(),
+        before_runs: BeforeRuns::new(&rules),
         rules,
         keywords,
         keyword_trie,
@@ -671,6 +725,30 @@ mod tests {
             multiline: false,
             end_marker: None,
             examples: RawExamples::default(),
+        }
+    }
+
+    #[test]
+    fn one_walk_back_gives_the_earliest_start_of_any_rule_with_before() {
+        let set = RuleSet::builtin().unwrap();
+        let runs = set.before_runs.as_ref().expect("built-in rules have rules with before");
+        let per_rule = |bytes: &[u8], i: usize| {
+            set.before_rules
+                .iter()
+                .map(|&r| {
+                    let rule = &set.rules[r as usize];
+                    let class = rule.before_class.as_deref().unwrap();
+                    i - bytes[..i].iter().rev().take(rule.before).take_while(|&&b| class[b as usize]).count()
+                })
+                .min()
+                .unwrap()
+        };
+        let long_word = "a1B2".repeat(40);
+        for text in ["", "plain words here", "deadbeef0123", "12345:AA", long_word.as_str(), "x.y~z_w-v9 f0f0"] {
+            let bytes = text.as_bytes();
+            for i in 0..=bytes.len() {
+                assert_eq!(runs.start(bytes, i), per_rule(bytes, i), "{text:?} at {i}");
+            }
         }
     }
 
