@@ -10,6 +10,7 @@ use scrim_core::anthropic_stream::{StreamRewriter, ThinkingMode};
 use scrim_core::rules::{expand_example, RuleSet};
 use scrim_core::sse::SseFramer;
 use scrim_core::stream_mask::StreamMasker;
+use scrim_core::transcript::Transcript;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -264,6 +265,19 @@ fn main() {
                 "src   sse rewrite, 48-byte text_delta events, 16 KiB chunks: {rate:7.1} MB/s of SSE ({:.1} MB)",
                 sse.len() as f64 / 1e6
             );
+            // The filter also rebuilds what the client saw from the rewritten bytes, for the
+            // audit record: the same stream through the transcript.
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let mut transcript = Transcript::new(8 << 20);
+                for c in sse.chunks(16 << 10) {
+                    transcript.push_stream(c);
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+                assert_eq!(transcript.response().expect("a response").blocks[0].text, text, "transcript text");
+            }
+            println!("src   audit transcript of the same stream:  {:7.1} MB/s", sse.len() as f64 / 1e6 / best);
             let t = Instant::now();
             let mut framer = SseFramer::new();
             let mut events = 0usize;
