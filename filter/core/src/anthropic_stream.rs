@@ -224,9 +224,9 @@ impl StreamRewriter {
     }
 
     fn event(&mut self, ev: &EventRef, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.eol = line_ending(&ev.raw);
+        self.eol = line_ending(ev.raw);
         let Some(data) = ev.data.as_deref() else {
-            out.extend_from_slice(&ev.raw);
+            out.extend_from_slice(ev.raw);
             return Ok(());
         };
         if self.shape == Shape::OpenAiChat {
@@ -235,7 +235,7 @@ impl StreamRewriter {
         let mut decoded = std::mem::take(&mut self.decoded);
         if let Some(delta) = self.head_path.then(|| canonical_delta(data, &mut decoded)).flatten() {
             if delta.kind == Kind::Thinking && self.thinking == ThinkingMode::Pass {
-                out.extend_from_slice(&ev.raw);
+                out.extend_from_slice(ev.raw);
                 self.decoded = decoded;
                 return Ok(());
             }
@@ -244,7 +244,7 @@ impl StreamRewriter {
             new.clear();
             self.push_text_into(delta.index, delta.kind, piece, &mut new)?;
             if new == piece {
-                out.extend_from_slice(&ev.raw);
+                out.extend_from_slice(ev.raw);
             } else if !new.is_empty() {
                 write_delta(ev, data, delta.kind, &new, Some(delta.span), out)
                     .map_err(|reason| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason })?;
@@ -268,7 +268,7 @@ impl StreamRewriter {
                     Some("thinking_delta") if self.thinking == ThinkingMode::Mask => Kind::Thinking,
                     Some("input_json_delta") => Kind::Json,
                     _ => {
-                        out.extend_from_slice(&ev.raw);
+                        out.extend_from_slice(ev.raw);
                         return Ok(());
                     }
                 };
@@ -279,7 +279,7 @@ impl StreamRewriter {
                     .ok_or_else(|| invalid(format!("no {} string", kind.field())))?;
                 let new = self.push_text(index, kind, piece)?;
                 if new == piece {
-                    out.extend_from_slice(&ev.raw);
+                    out.extend_from_slice(ev.raw);
                 } else if !new.is_empty() {
                     let path = [P::Key("delta".into()), P::Key(kind.field().into())];
                     replace_and_write(ev, data, &path, &new, out).map_err(invalid)?;
@@ -309,10 +309,10 @@ impl StreamRewriter {
                         .map_err(invalid)?;
                         match new {
                             Some(new) => write_event(ev, &new, out),
-                            None => out.extend_from_slice(&ev.raw),
+                            None => out.extend_from_slice(ev.raw),
                         }
                     }
-                    _ => out.extend_from_slice(&ev.raw),
+                    _ => out.extend_from_slice(ev.raw),
                 }
             }
             Some("content_block_stop") => {
@@ -320,13 +320,13 @@ impl StreamRewriter {
                 if let Some(block) = self.blocks.remove(&index) {
                     self.flush_block(index, block, out);
                 }
-                out.extend_from_slice(&ev.raw);
+                out.extend_from_slice(ev.raw);
             }
             Some("message_stop" | "error") => {
                 self.flush_all(out);
-                out.extend_from_slice(&ev.raw);
+                out.extend_from_slice(ev.raw);
             }
-            _ => out.extend_from_slice(&ev.raw),
+            _ => out.extend_from_slice(ev.raw),
         }
         Ok(())
     }
@@ -345,7 +345,7 @@ impl StreamRewriter {
                     Some("thinking_delta") if self.thinking == ThinkingMode::Mask => Kind::Thinking,
                     Some("input_json_delta") => Kind::Json,
                     _ => {
-                        out.extend_from_slice(&ev.raw);
+                        out.extend_from_slice(ev.raw);
                         return Some(Ok(()));
                     }
                 };
@@ -366,7 +366,7 @@ impl StreamRewriter {
                     Err(e) => return Some(Err(e)),
                 };
                 if new == piece {
-                    out.extend_from_slice(&ev.raw);
+                    out.extend_from_slice(ev.raw);
                 } else if !new.is_empty() {
                     let span = delta_string_span(data, kind.field());
                     if let Err(reason) = write_delta(ev, data, kind, &new, span, out) {
@@ -383,13 +383,13 @@ impl StreamRewriter {
                 if let Some(block) = self.blocks.remove(&index) {
                     self.flush_block(index, block, out);
                 }
-                out.extend_from_slice(&ev.raw);
+                out.extend_from_slice(ev.raw);
             }
             Some("message_stop" | "error") => {
                 self.flush_all(out);
-                out.extend_from_slice(&ev.raw);
+                out.extend_from_slice(ev.raw);
             }
-            _ => out.extend_from_slice(&ev.raw),
+            _ => out.extend_from_slice(ev.raw),
         }
         Some(Ok(()))
     }
@@ -409,7 +409,7 @@ impl StreamRewriter {
         let piece = v.pointer(&format!("/content_block/{field}")).and_then(Value::as_str).unwrap_or("");
         let new = if piece.is_empty() { String::new() } else { self.push_text(index, kind, piece)? };
         if new == piece {
-            out.extend_from_slice(&ev.raw);
+            out.extend_from_slice(ev.raw);
         } else {
             // Unlike a delta, the start event must stay even when its text is all held.
             let path = [P::Key("content_block".into()), P::Key(field.into())];
@@ -422,13 +422,13 @@ impl StreamRewriter {
     fn openai_event(&mut self, ev: &EventRef, data: &str, out: &mut Vec<u8>) -> Result<(), StreamError> {
         if data.trim() == "[DONE]" {
             self.flush_all(out);
-            out.extend_from_slice(&ev.raw);
+            out.extend_from_slice(ev.raw);
             return Ok(());
         }
         let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason };
         let v: Value = serde_json::from_str(data).map_err(|e| invalid(e.to_string()))?;
         let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-            out.extend_from_slice(&ev.raw);
+            out.extend_from_slice(ev.raw);
             return Ok(());
         };
         if let Value::Object(top) = &v {
@@ -477,7 +477,7 @@ impl StreamRewriter {
         let changed: Vec<&(Vec<P>, String)> =
             new.iter().filter(|(path, text)| v.pointer(&pointer(path)).and_then(Value::as_str) != Some(text)).collect();
         if changed.is_empty() {
-            out.extend_from_slice(&ev.raw);
+            out.extend_from_slice(ev.raw);
             return Ok(());
         }
         let replaced = rewrite_strings(data, |p, is_key, _| {
@@ -635,7 +635,7 @@ enum Part<'a> {
 
 /// [`write_event`] with the data given as consecutive parts (no copy to join them first).
 fn write_event_parts(ev: &EventRef, data: &[Part], out: &mut Vec<u8>) {
-    let eol = line_ending(&ev.raw).as_bytes();
+    let eol = line_ending(ev.raw).as_bytes();
     for (name, value) in [(&b"event: "[..], &ev.event), (b"id: ", &ev.id)] {
         if let Some(value) = value {
             out.extend_from_slice(name);
