@@ -1,5 +1,7 @@
 // Runs a wasm32-wasip1 program under Node's WASI, that is inside V8 (the engine Envoy's wasm
-// runtime is): `node wasi-run.mjs <program.wasm> <dir to expose> [args...]`.
+// runtime is): `node wasi-run.mjs <program.wasm> <dir to expose> [args...]`. `make bench`
+// passes `--no-liftoff --no-wasm-lazy-compilation` so that V8 compiles the whole module
+// optimised before it runs, as Envoy does.
 import { readFile } from "node:fs/promises";
 import { WASI } from "node:wasi";
 
