@@ -64,6 +64,7 @@ test-wasm: test-tools ## run scrim-core's masking tests compiled to wasm32-unkno
 bench: wasm ## run the benchmarks and print their figures (masking natively, in V8, then through Envoy)
 	@echo "== masking, native"
 	cargo bench --locked -p scrim-core --bench mask
+	cargo bench --locked -p scrim-core --bench stream_memory
 	@# Whole module compiled optimised before it runs, as Envoy's V8 does (Node's default
 	@# tiering would time the rule compile in its baseline compiler: 190 ms, not Envoy's 36).
 	@echo "== masking, the same benchmark built for wasm32-wasip1 and run in V8 (Node's WASI)"

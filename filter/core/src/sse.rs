@@ -83,6 +83,11 @@ impl SseFramer {
         self.buf.drain(..self.event_start);
         self.line_start -= self.event_start;
         self.event_start = 0;
+        // What stays between chunks is an event's start, not the chunk: give back the rest
+        // (a stream would otherwise keep a network chunk's worth of memory for its lifetime).
+        if self.buf.capacity() > 4 * self.buf.len().max(1024) {
+            self.buf.shrink_to(2 * self.buf.len().max(512));
+        }
         done
     }
 

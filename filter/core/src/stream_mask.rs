@@ -194,6 +194,10 @@ impl StreamMasker {
         let keep = plan.rescan_from.saturating_sub(self.rules.max_before + 1);
         let keep = floor_char(&self.buf, keep);
         self.buf.drain(..keep);
+        // A key block held once must not keep its size for the rest of the stream.
+        if self.buf.capacity() > 4 * self.buf.len().max(1024) {
+            self.buf.shrink_to(2 * self.buf.len().max(512));
+        }
         self.scratch.rebase(keep, plan.rescan_from, self.buf.len());
         self.seg = plan.cut - keep;
         self.scan_from = plan.rescan_from - keep;
