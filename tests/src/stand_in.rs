@@ -352,7 +352,7 @@ async fn messages(State(state): State<Arc<StandInState>>, body: Bytes) -> Respon
         + 1;
     let frames: Vec<Bytes> = events
         .iter()
-        .map(|(name, data)| Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+        .map(|(name, data)| Bytes::from(format!("event: {name}\ndata: {}\n\n", api_layout(data))))
         .collect();
     // One body frame per event, produced on demand: hyper flushes whatever it has whenever
     // the next frame is not ready, so a held stream has really delivered its first delta.
@@ -429,6 +429,18 @@ fn stream_events(
     ));
     events.push(("message_stop", json!({"type": "message_stop"})));
     events
+}
+
+/// An event's data as the API writes it: a text delta with its keys in the API's order
+/// (`json!` sorts them), everything else as serde_json writes it.
+fn api_layout(data: &Value) -> String {
+    match (data["type"].as_str(), data["index"].as_u64(), data["delta"]["text"].as_str()) {
+        (Some("content_block_delta"), Some(index), Some(text)) if data["delta"]["type"] == "text_delta" => {
+            let text = Value::from(text);
+            format!(r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":{text}}}}}"#)
+        }
+        _ => data.to_string(),
+    }
 }
 
 async fn count_tokens(body: Bytes) -> Json<Value> {

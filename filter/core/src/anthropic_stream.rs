@@ -112,6 +112,27 @@ pub struct StreamRewriter {
     /// what the masker released for it (two allocations per event otherwise).
     decoded: String,
     released: String,
+    /// With [`Self::recording`]: what the last push wrote, event by event (see [`Written`]).
+    recording: bool,
+    log: Vec<Logged>,
+    log_text: String,
+}
+
+/// What a push wrote, for a transcript of what the client got (see
+/// [`StreamRewriter::written`]): a delta's text as the masker released it (the event that
+/// carries it was written in the API's layout), or whole events as bytes, to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written<'a> {
+    Text { index: u64, text: &'a str },
+    Events(&'a [u8]),
+}
+
+/// [`Written`] as kept between a push and [`StreamRewriter::written`]: ranges in the log's
+/// text and in the push's output.
+#[derive(Debug, Clone, Copy)]
+enum Logged {
+    Text { index: u64, from: usize, to: usize },
+    Events { from: usize, to: usize },
 }
 
 /// Which API's stream this is.
@@ -170,6 +191,9 @@ impl StreamRewriter {
             head_path: true,
             decoded: String::new(),
             released: String::new(),
+            recording: false,
+            log: Vec::new(),
+            log_text: String::new(),
         }
     }
 
@@ -188,12 +212,56 @@ impl StreamRewriter {
             return Err(StreamError::Failed);
         }
         let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 8);
+        self.log.clear();
+        self.log_text.clear();
         // The framer lends each event from its buffer while `self` handles it.
         let mut framer = std::mem::take(&mut self.framer);
-        let done = framer.push_each(chunk, |ev| self.event(&ev, &mut out));
+        let done = framer.push_each(chunk, |ev| {
+            let from = out.len();
+            let delta = self.event(&ev, &mut out)?;
+            if self.recording {
+                self.log_written(delta, from, out.len());
+            }
+            Ok(())
+        });
         self.framer = framer;
         done.inspect_err(|_| self.failed = true)?;
         Ok(out)
+    }
+
+    /// Keeps, for [`Self::written`], what the last pushes wrote; off by default.
+    pub fn recording(mut self) -> Self {
+        self.recording = true;
+        self
+    }
+
+    /// What the last [`Self::push`] wrote into `out` (its result), in order: with
+    /// [`Self::recording`], the text of each delta it wrote in the API's layout without
+    /// reading it back, and every other event as bytes. Empty without recording.
+    pub fn written<'a>(&'a self, out: &'a [u8]) -> impl Iterator<Item = Written<'a>> {
+        self.log.iter().map(move |l| match *l {
+            Logged::Text { index, from, to } => Written::Text { index, text: &self.log_text[from..to] },
+            Logged::Events { from, to } => Written::Events(&out[from..to]),
+        })
+    }
+
+    /// Logs what one event wrote in `out[from..to]`: the delta of block `delta` whose text is
+    /// `self.released`, or events.
+    fn log_written(&mut self, delta: Option<u64>, from: usize, to: usize) {
+        match delta {
+            Some(index) => {
+                if from < to {
+                    let start = self.log_text.len();
+                    self.log_text.push_str(&self.released);
+                    self.log.push(Logged::Text { index, from: start, to: self.log_text.len() });
+                }
+            }
+            None if from < to => match self.log.last_mut() {
+                Some(Logged::Events { to: end, .. }) if *end == from => *end = to,
+                _ => self.log.push(Logged::Events { from, to }),
+            },
+            None => {}
+        }
     }
 
     /// End of the upstream stream: everything still held, masked.
@@ -223,21 +291,24 @@ impl StreamRewriter {
         tally.in_order(&self.rules)
     }
 
-    fn event(&mut self, ev: &EventRef, out: &mut Vec<u8>) -> Result<(), StreamError> {
+    /// Handles one event, writing what the client gets into `out`. `Some(index)` when that
+    /// is one delta of block `index` in the API's layout carrying `self.released` (or nothing,
+    /// when all its text is held).
+    fn event(&mut self, ev: &EventRef, out: &mut Vec<u8>) -> Result<Option<u64>, StreamError> {
         self.eol = line_ending(ev.raw);
         let Some(data) = ev.data.as_deref() else {
             out.extend_from_slice(ev.raw);
-            return Ok(());
+            return Ok(None);
         };
         if self.shape == Shape::OpenAiChat {
-            return self.openai_event(ev, data, out);
+            return self.openai_event(ev, data, out).map(|()| None);
         }
         let mut decoded = std::mem::take(&mut self.decoded);
         if let Some(delta) = self.head_path.then(|| canonical_delta(data, &mut decoded)).flatten() {
             if delta.kind == Kind::Thinking && self.thinking == ThinkingMode::Pass {
                 out.extend_from_slice(ev.raw);
                 self.decoded = decoded;
-                return Ok(());
+                return Ok(None);
             }
             let piece = delta.piece.unwrap_or(&decoded);
             let mut new = std::mem::take(&mut self.released);
@@ -250,9 +321,14 @@ impl StreamRewriter {
                     .map_err(|reason| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason })?;
             }
             (self.decoded, self.released) = (decoded, new);
-            return Ok(());
+            return Ok(Some(delta.index));
         }
         self.decoded = decoded;
+        self.value_event(ev, data, out).map(|()| None)
+    }
+
+    /// [`Self::event`] for events not in the API's delta layout.
+    fn value_event(&mut self, ev: &EventRef, data: &str, out: &mut Vec<u8>) -> Result<(), StreamError> {
         if let Some(head) = self.head_path.then(|| serde_json::from_str::<Head>(data).ok()).flatten() {
             if let Some(done) = self.head_event(ev, data, &head, out) {
                 return done;

@@ -3,7 +3,9 @@
 //! changes a byte, and it reads the masked output, so it can only hold what the client got.
 
 use crate::audit::{AuditResponse, ResponseBlock, Usage};
-use crate::anthropic_stream::canonical_delta;
+use crate::anthropic_stream::{canonical_delta, Written};
+#[cfg(doc)]
+use crate::anthropic_stream::StreamRewriter;
 use crate::sse::SseFramer;
 use serde_json::Value;
 use std::convert::Infallible;
@@ -89,6 +91,15 @@ impl Transcript {
         });
         let Ok(()) = read;
         self.framer = framer;
+    }
+
+    /// Feeds what a stream rewriter wrote (see [`StreamRewriter::written`]): the text of a
+    /// delta it wrote, or events to read as [`Self::push_stream`] does.
+    pub fn push_written(&mut self, written: Written<'_>) {
+        match written {
+            Written::Text { index, text } => self.append(index as usize, text),
+            Written::Events(bytes) => self.push_stream(bytes),
+        }
     }
 
     fn event(&mut self, data: &str) {
@@ -207,6 +218,38 @@ mod tests {
             let u = t.usage().unwrap();
             assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_input_tokens), (12, 9, 3));
             assert_eq!(t.model(), Some("claude-x"));
+        }
+    }
+
+    #[test]
+    fn what_a_rewriter_reports_it_wrote_rebuilds_what_reading_its_output_does() {
+        use crate::anthropic_stream::{StreamRewriter, ThinkingMode};
+        use crate::rules::{expand_example, RuleSet};
+        use std::sync::Arc;
+        let rules = Arc::new(RuleSet::builtin().unwrap());
+        let key = expand_example("AKIA{{fake:upperb32:16}}");
+        let mut stream = String::from(STREAM.split("event: message_stop").next().unwrap());
+        for (i, piece) in ["the key is ", &key[..5], &key[5..], " and\nthe token ", "= \"x\" ok"].iter().enumerate() {
+            let text = serde_json::to_string(piece).unwrap();
+            let delta = format!("{{\"type\":\"content_block_delta\",\"index\":{},\"delta\":{{\"type\":\"text_delta\",\"text\":{text}}}}}", if i == 3 { 2 } else { 0 });
+            stream += &format!("event: content_block_delta\ndata: {delta}\n\n");
+        }
+        stream += "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        for size in [1, 5, 64, stream.len()] {
+            let mut rewriter = StreamRewriter::new(rules.clone(), ThinkingMode::Mask).recording();
+            let (mut reported, mut read) = (Transcript::new(1 << 20), Transcript::new(1 << 20));
+            for chunk in stream.as_bytes().chunks(size) {
+                let out = rewriter.push(chunk).unwrap();
+                rewriter.written(&out).for_each(|w| reported.push_written(w));
+                read.push_stream(&out);
+            }
+            let rest = rewriter.finish().unwrap();
+            reported.push_stream(&rest);
+            read.push_stream(&rest);
+            assert_eq!(reported.response(), read.response(), "chunks of {size}");
+            assert_eq!((reported.usage(), reported.model()), (read.usage(), read.model()));
+            let text = &read.response().unwrap().blocks[0].text;
+            assert!(text.contains("[REDACTED:") && !text.contains(&key), "{text}");
         }
     }
 

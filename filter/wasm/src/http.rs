@@ -553,7 +553,9 @@ impl HttpContext for ScrimHttp {
                 StreamRewriter::new(masking.rules.clone(), masking.thinking)
             };
             drop(s);
-            self.response = ResponseMode::Stream(Box::new(rewriter));
+            // The audit transcript takes the text of each delta as the rewriter wrote it,
+            // rather than reading every event back out of the bytes sent.
+            self.response = ResponseMode::Stream(Box::new(rewriter.recording()));
             if let Some(x) = self.exchange.as_mut() {
                 x.stream = true;
             }
@@ -580,18 +582,18 @@ impl HttpContext for ScrimHttp {
             }
             ResponseMode::Stream(mut rewriter) => {
                 let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
-                let out = rewriter.push(&chunk).and_then(|mut bytes| {
-                    if end_of_stream {
-                        bytes.extend(rewriter.finish()?);
-                    }
-                    Ok(bytes)
+                let out = rewriter.push(&chunk).and_then(|pushed| {
+                    let rest = if end_of_stream { rewriter.finish()? } else { Vec::new() };
+                    Ok((pushed, rest))
                 });
                 match out {
-                    Ok(bytes) => {
-                        self.set_http_response_body(0, body_size, &bytes);
+                    Ok((pushed, rest)) => {
                         if let Some(x) = self.exchange.as_mut() {
-                            x.transcript.push_stream(&bytes);
+                            rewriter.written(&pushed).for_each(|w| x.transcript.push_written(w));
+                            x.transcript.push_stream(&rest);
                         }
+                        let bytes = if rest.is_empty() { pushed } else { [pushed, rest].concat() };
+                        self.set_http_response_body(0, body_size, &bytes);
                         if end_of_stream {
                             self.record_hits(rewriter.hits(), Direction::Response);
                         } else {
