@@ -249,13 +249,12 @@ impl StreamRewriter {
     /// `self.released`, or events.
     fn log_written(&mut self, delta: Option<u64>, from: usize, to: usize) {
         match delta {
-            Some(index) => {
-                if from < to {
-                    let start = self.log_text.len();
-                    self.log_text.push_str(&self.released);
-                    self.log.push(Logged::Text { index, from: start, to: self.log_text.len() });
-                }
+            Some(index) if from < to => {
+                let start = self.log_text.len();
+                self.log_text.push_str(&self.released);
+                self.log.push(Logged::Text { index, from: start, to: self.log_text.len() });
             }
+            Some(_) => {}
             None if from < to => match self.log.last_mut() {
                 Some(Logged::Events { to: end, .. }) if *end == from => *end = to,
                 _ => self.log.push(Logged::Events { from, to }),
