@@ -83,7 +83,9 @@ fn held_heap(rules: &Arc<RuleSet>, sse: &[u8]) -> (usize, usize) {
 }
 
 fn main() {
+    let before = LIVE.load(Relaxed);
     let rules = Arc::new(RuleSet::builtin().expect("built-in rules compile"));
+    println!("rule set: {:.1} MiB of heap once compiled", (LIVE.load(Relaxed) - before) as f64 / (1 << 20) as f64);
     let prose = repeat_to(
         "Rotate the API key every ninety days and revoke the old token once clients moved. \
          Never store a password in the repository; keep it in the secret manager instead.\n\n",
