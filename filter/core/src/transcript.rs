@@ -1,6 +1,8 @@
 //! What the client saw: rebuilds the response (blocks, stop reason, usage, model) from the
 //! bytes the filter sent on, streamed or whole, for the audit record. Reads only; it never
-//! changes a byte, and it reads the masked output, so it can only hold what the client got.
+//! changes a byte, and it reads the masked output (for a streamed delta, the text the stream
+//! rewriter wrote into it, taken as it was written rather than read back), so it can only
+//! hold what the client got.
 
 use crate::audit::{AuditResponse, ResponseBlock, Usage};
 use crate::anthropic_stream::{canonical_delta, Written};
