@@ -1611,6 +1611,48 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        // Whatever the layout match reads, a JSON parser reads the same; and any text in the
+        // API's layout (compact or spaced) is read back exactly.
+        #[test]
+        fn the_layout_match_reads_what_a_parser_reads(
+            text in "(\\PC|[\"\\\\\n\t\u{1}/]){0,24}",
+            index in 0u64..1000,
+            spaced in any::<bool>(),
+            kind in 0usize..3,
+            damage in proptest::option::of((0usize..200, "[ {}\",:\\\\0-9a-z]{0,2}")),
+        ) {
+            let (delta_type, field) = [("text_delta", "text"), ("thinking_delta", "thinking"), ("input_json_delta", "partial_json")][kind];
+            let token = serde_json::to_string(&text).unwrap();
+            let mut data = format!(r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"{delta_type}","{field}":{token}}}}}"#);
+            if spaced {
+                data = data.replace("\":", "\": ").replace(",\"", ", \"");
+            }
+            let mut decoded = String::new();
+            if damage.is_none() && !spaced {
+                let d = canonical_delta(&data, &mut decoded).expect("the API's layout is read");
+                prop_assert_eq!((d.index, d.piece.unwrap_or(&decoded)), (index, text.as_str()));
+            }
+            if let Some((at, insert)) = damage {
+                let mut at = at.min(data.len());
+                while !data.is_char_boundary(at) {
+                    at -= 1;
+                }
+                data.insert_str(at, &insert);
+            }
+            if let Some(d) = canonical_delta(&data, &mut decoded) {
+                let v: Value = serde_json::from_str(&data).expect("what the layout match reads is JSON");
+                prop_assert_eq!(v["type"].as_str(), Some("content_block_delta"));
+                prop_assert_eq!(v["index"].as_u64(), Some(d.index));
+                prop_assert_eq!(v["delta"]["type"].as_str(), Some(d.kind.delta_type()));
+                prop_assert_eq!(v["delta"][d.kind.field()].as_str(), Some(d.piece.unwrap_or(&decoded)));
+                prop_assert_eq!(v.as_object().map(|o| o.len()), Some(3));
+                prop_assert_eq!(v["delta"].as_object().map(|o| o.len()), Some(2));
+            }
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn random_network_splits_reassemble_to_the_whole_text_masked(

@@ -254,6 +254,37 @@ mod tests {
         assert_eq!(depth(b"--"), 2);
     }
 
+    // Random keyword sets over a small alphabet (so keywords overlap, nest and share
+    // prefixes) and texts long enough for two lanes, scanned whole and in random pieces.
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_keywords_and_texts_scan_as_the_naive_search_does(
+            keywords in proptest::collection::vec("[abAB-]{1,6}", 1..12),
+            text in "[abcAB -]{0,3000}",
+            cuts in proptest::collection::vec(0usize..3000, 0..6),
+        ) {
+            let mut keywords: Vec<String> = keywords.iter().map(|k| k.to_ascii_lowercase()).collect();
+            keywords.sort();
+            keywords.dedup();
+            let refs: Vec<&str> = keywords.iter().map(String::as_str).collect();
+            let auto = automaton(&refs);
+            let bytes = text.as_bytes();
+            let want = naive(&refs, bytes);
+            proptest::prop_assert_eq!(&scanned(&auto, bytes), &want);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort();
+            let (mut state, mut from, mut pieces) = (auto.start(), 0, Vec::new());
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                state = auto.scan(state, &bytes[..cut], from.min(cut), |s, r| pieces.push((s, r)));
+                from = from.max(cut);
+            }
+            pieces.sort_unstable();
+            proptest::prop_assert_eq!(pieces, want);
+        }
+    }
+
     #[test]
     fn scanning_on_from_the_returned_state_equals_one_scan() {
         let auto = automaton(&KEYWORDS);
