@@ -7,6 +7,11 @@
 //! [`IngestStats`] and logged; ingestion goes on. A store failure ends the stream with
 //! `UNAVAILABLE` so Envoy reconnects instead of believing the batch was taken.
 //!
+//! Every stream must carry `authorization: Bearer <ingest token>` in its initial metadata
+//! (Envoy's `grpc_service.initial_metadata`) when a token is configured ([`Ingest::with_token`]);
+//! a stream without it is refused with `UNAUTHENTICATED` before any of its entries is read,
+//! counted in [`IngestStats::unauthenticated`] and logged with the peer's address.
+//!
 //! Envoy's protocol has no acknowledgement: entries sent while the recorder is down, or in a
 //! batch whose commit failed, are lost (the filter's `audit.required` mode is the answer).
 
@@ -57,6 +62,8 @@ pub struct IngestStats {
     /// TCP access-log entries (not ours) that were ignored.
     pub ignored: AtomicU64,
     pub store_failures: AtomicU64,
+    /// Streams refused for a missing or wrong ingest token (none of their entries is read).
+    pub unauthenticated: AtomicU64,
 }
 
 /// A copy of [`IngestStats`] at one moment.
@@ -69,6 +76,7 @@ pub struct StatsSnapshot {
     pub oversized: u64,
     pub ignored: u64,
     pub store_failures: u64,
+    pub unauthenticated: u64,
 }
 
 impl IngestStats {
@@ -82,6 +90,7 @@ impl IngestStats {
             oversized: g(&self.oversized),
             ignored: g(&self.ignored),
             store_failures: g(&self.store_failures),
+            unauthenticated: g(&self.unauthenticated),
         }
     }
 }
@@ -94,6 +103,9 @@ pub struct Ingest {
     store: SharedStore,
     stats: Arc<IngestStats>,
     config: IngestConfig,
+    /// The bearer token every stream must present; `None` accepts any stream (library
+    /// tests only: `serve` refuses to start without one).
+    token: Option<Arc<str>>,
 }
 
 impl Ingest {
@@ -102,7 +114,28 @@ impl Ingest {
             store,
             stats: Arc::default(),
             config,
+            token: None,
         }
+    }
+
+    /// Refuses every stream that does not present `authorization: Bearer <token>`.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Whether the stream's metadata carries the configured token.
+    fn authorised<T>(&self, request: &Request<T>) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        crate::secret_file::same_secret(given.as_bytes(), expected.as_bytes())
     }
 
     pub fn stats(&self) -> Arc<IngestStats> {
@@ -186,6 +219,15 @@ impl AccessLogService for Ingest {
         &self,
         request: Request<Streaming<StreamAccessLogsMessage>>,
     ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        if !self.authorised(&request) {
+            self.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+            let peer = request
+                .remote_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "unknown peer".into());
+            log::warn!("refused an access-log stream from {peer}: missing or wrong ingest token");
+            return Err(Status::unauthenticated("ingest token required"));
+        }
         let mut stream = request.into_inner();
         while let Some(message) = stream.message().await? {
             let mut batch = self.batch(message);

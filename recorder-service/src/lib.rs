@@ -12,6 +12,7 @@
 //! - [`time`]: formatting epoch milliseconds for people.
 //! - [`api`]: the auditors' HTTP/JSON query API (OIDC tokens, scoped per caller, logged).
 //! - [`replay`]: a session rebuilt as the developer saw it, masked spans located.
+//! - [`secret_file`]: the ingest token and chain keys read from files, compared safely.
 //! - [`reviews`]: human approvals and just-in-time grants the gateway's filter asks about.
 
 pub mod api;
@@ -22,5 +23,6 @@ pub mod ingest;
 pub mod record;
 pub mod replay;
 pub mod reviews;
+pub mod secret_file;
 pub mod store;
 pub mod time;

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 
 const EXAMPLES: &str = "\
 Examples:
-  # Receive Envoy's access log on port 9901 into ./audit.db
-  scrim-recorder --db audit.db serve --grpc-listen 127.0.0.1:9901
+  # Receive Envoy's access log on 127.0.0.1:9904 into ./audit.db; Envoy presents the token
+  # in the file (its grpc_service initial_metadata `authorization: Bearer ...`)
+  scrim-recorder --db audit.db serve --ingest-token-file /run/secrets/scrim-ingest-token
 
   # Recent sessions of one user, as text and as JSON
   scrim-recorder --db audit.db sessions list --user alice
@@ -53,8 +54,9 @@ Examples:
   SCRIM_TOKEN=$APPROVER_TOKEN scrim-recorder grants approve gr-0a1b2c3d4e5f6a7b --reason 'on call'
   SCRIM_TOKEN=$APPROVER_TOKEN scrim-recorder grants revoke gr-0a1b2c3d4e5f6a7b --reason 'done'
 
-  # Several recorders sharing one PostgreSQL database
-  scrim-recorder --db postgres://scrim@db.internal/audit serve --grpc-listen 0.0.0.0:9901";
+  # Several recorders sharing one PostgreSQL database, each beside its own Envoy on loopback
+  scrim-recorder --db postgres://scrim@db.internal/audit serve \
+      --ingest-token-file /run/secrets/scrim-ingest-token";
 
 /// Scrim recorder: stores the audit record of every exchange Envoy logs, hash-chained.
 #[derive(Parser)]
@@ -139,8 +141,14 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// Address for Envoy's access-log gRPC stream (port 0 picks a free port, printed on start).
-    #[arg(long, default_value = "127.0.0.1:9901")]
+    /// Keep it on loopback or a private interface beside Envoy: the token is sent in clear.
+    #[arg(long, default_value = "127.0.0.1:9904")]
     grpc_listen: String,
+    /// File holding the token Envoy presents on the access-log stream (`authorization: Bearer
+    /// <token>` in the gRPC service's initial_metadata); at least 32 characters. Streams
+    /// without it are refused, counted and logged; none of their entries is stored.
+    #[arg(long, env = "SCRIM_RECORDER_INGEST_TOKEN_FILE")]
+    ingest_token_file: PathBuf,
     /// Largest audit record accepted; larger ones are counted and dropped.
     #[arg(long, default_value_t = IngestConfig::default().max_record_bytes)]
     max_record_bytes: usize,
@@ -206,6 +214,8 @@ enum CliError {
     AuthConfig { path: String, message: String },
     #[error("--jwks-ca-file {path}: {message}")]
     JwksCa { path: String, message: String },
+    #[error("--ingest-token-file {0}")]
+    IngestToken(scrim_recorder::secret_file::SecretError),
     #[error("--service-token-file {path}: {message}")]
     ServiceToken { path: String, message: String },
     #[error("{0}")]
@@ -384,6 +394,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 fn serve(store: Box<dyn Store>, args: ServeArgs, db: String) -> Result<(), CliError> {
+    let ingest_token = scrim_recorder::secret_file::read_secret(&args.ingest_token_file)
+        .map_err(CliError::IngestToken)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.grpc_listen).await?;
@@ -393,7 +405,8 @@ fn serve(store: Box<dyn Store>, args: ServeArgs, db: String) -> Result<(), CliEr
                 max_record_bytes: args.max_record_bytes,
                 ..IngestConfig::default()
             },
-        );
+        )
+        .with_token(&ingest_token);
         let stats = ingest.stats();
         log::info!(
             "listening for Envoy access logs on {}",

@@ -108,14 +108,18 @@ fn export_writes_one_json_line_per_exchange() {
 }
 
 #[tokio::test]
-async fn serve_prints_its_address_and_stores_what_envoy_sends() {
+async fn serve_stores_what_envoy_sends_with_the_token_and_refuses_streams_without_it() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
+    let token = "synthetic-ingest-token-0123456789abcdef";
+    let token_file = dir.path().join("ingest-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
         .arg("--db")
         .arg(&db)
-        .args(["serve", "--grpc-listen", "127.0.0.1:0"])
+        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--ingest-token-file"])
+        .arg(&token_file)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -131,8 +135,21 @@ async fn serve_prints_its_address_and_stores_what_envoy_sends() {
         .unwrap_or_else(|| panic!("no address in {line:?}"));
 
     let record = simple_record("bin-1", "sess-bin", "dave");
-    send_to(
+    // A forged entry without the token, then with a wrong one: both streams refused.
+    let forged = simple_record("forged-1", "sess-bin", "mallory");
+    for wrong in [None, Some("synthetic-wrong-token-0123456789abcdefgh")] {
+        let refused = send_with_token(
+            addr,
+            wrong,
+            vec![message(vec![record_entry(&forged, 1_700_000_000)])],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    send_with_token(
         addr,
+        Some(token),
         vec![message(vec![record_entry(&record, 1_700_000_000)])],
     )
     .await

@@ -149,6 +149,7 @@ pub fn render(opts: &EnvoyOptions) -> Result<String, String> {
         ("IDP_PORT", opts.idp.port().to_string()),
         ("RECORDER_PORT", opts.recorder_port.to_string()),
         ("RECORDER_API_PORT", opts.recorder_api_port.to_string()),
+        ("RECORDER_INGEST_AUTHORIZATION", yaml_string(&format!("Bearer {}", opts.recorder_token))),
         ("AUDIT_FLUSH_INTERVAL", format!("{}s", opts.audit_flush_interval.as_secs_f64())),
     ]);
     fill(&read("dev.yaml.tmpl")?, &v)

@@ -1,9 +1,9 @@
-//! The recorder service running in-process on loopback (SQLite in a given file), for tests
-//! and `make run`, with a handle to query what it stored.
+//! The recorder service running in-process on loopback (a SQLite file or a PostgreSQL URL),
+//! for tests and `make run`, with a handle to query what it stored. Ingest refuses streams
+//! without the token Envoy is given ([`RecorderOptions::ingest_token`]).
 
 use scrim_recorder::ingest::{serve, Ingest, IngestConfig, IngestStats, SharedStore, StatsSnapshot};
 use scrim_recorder::api::{self, ApiConfig};
-use scrim_recorder::store::sqlite::SqliteStore;
 use scrim_recorder::store;
 use scrim_recorder::store::{Exchange, SessionQuery, SessionSummary};
 use std::net::SocketAddr;
@@ -17,13 +17,23 @@ pub struct RecorderApi {
     pub config: ApiConfig,
 }
 
+/// How the recorder runs besides its listeners.
+#[derive(Clone, Default)]
+pub struct RecorderOptions {
+    pub ingest: IngestConfig,
+    /// The bearer token every access-log stream must present (`None`: any stream is taken).
+    pub ingest_token: Option<String>,
+}
+
 pub struct Recorder {
     pub addr: SocketAddr,
     /// The HTTP API's address, when it serves one.
     pub api_addr: Option<SocketAddr>,
     api_config: Option<ApiConfig>,
     pub db: PathBuf,
-    config: IngestConfig,
+    /// The `--db` argument: the SQLite path or the PostgreSQL URL.
+    pub db_url: String,
+    options: RecorderOptions,
     store: SharedStore,
     stats: Arc<IngestStats>,
     /// Dropping or sending on it ends the recorder's runtime.
@@ -37,10 +47,20 @@ impl Recorder {
     pub async fn start(
         listener: tokio::net::TcpListener,
         db: &Path,
-        config: IngestConfig,
+        options: RecorderOptions,
         api: Option<RecorderApi>,
     ) -> Result<Recorder, String> {
-        let store = SqliteStore::open(db).map_err(|e| format!("recorder store {}: {e}", db.display()))?;
+        Recorder::start_url(listener, &db.to_string_lossy(), options, api).await
+    }
+
+    /// As [`Recorder::start`] on any store `--db` accepts (a `postgres://` URL too).
+    pub async fn start_url(
+        listener: tokio::net::TcpListener,
+        db: &str,
+        options: RecorderOptions,
+        api: Option<RecorderApi>,
+    ) -> Result<Recorder, String> {
+        let store = store::open(db).map_err(|e| format!("recorder store {db}: {e}"))?;
         let store: SharedStore = Arc::new(Mutex::new(store));
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let listener = listener.into_std().map_err(|e| e.to_string())?;
@@ -53,8 +73,11 @@ impl Recorder {
             Some(a) => Some((a.listener.into_std().map_err(|e| e.to_string())?, a.config)),
             None => None,
         };
-        let db_path = db.display().to_string();
-        let ingest = Ingest::new(store.clone(), config);
+        let db_path = db.to_owned();
+        let mut ingest = Ingest::new(store.clone(), options.ingest);
+        if let Some(token) = &options.ingest_token {
+            ingest = ingest.with_token(token);
+        }
         let stats = ingest.stats();
         let (kill, killed) = std::sync::mpsc::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -82,8 +105,9 @@ impl Recorder {
             addr,
             api_addr,
             api_config,
-            db: db.to_path_buf(),
-            config,
+            db: PathBuf::from(db),
+            db_url: db.to_owned(),
+            options,
             store,
             stats,
             kill: Some(kill),
@@ -115,8 +139,8 @@ impl Recorder {
             }),
             _ => None,
         };
-        let db = self.db.clone();
-        *self = Recorder::start(listener, &db, self.config, api).await?;
+        let db = self.db_url.clone();
+        *self = Recorder::start_url(listener, &db, self.options.clone(), api).await?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use crate::envoy::{free_port, Envoy, EnvoyOptions, Upstream};
 use crate::idp::DevIdp;
 use crate::keys::SigningKey;
-use crate::recorder::{Recorder, RecorderApi};
+use crate::recorder::{Recorder, RecorderApi, RecorderOptions};
 use scrim_recorder::api::ApiConfig;
 use scrim_recorder::ingest::IngestConfig;
 use crate::stand_in::ClaudeStandIn;
@@ -73,6 +73,9 @@ pub struct StackOptions {
     pub tls_certificate_name: Option<&'static str>,
     /// The recorder's ingest limits (its record size cap, say).
     pub recorder: IngestConfig,
+    /// The recorder's store: a SQLite path or a `postgres://` URL (default: `recorder.db` in
+    /// the run folder).
+    pub recorder_db: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -85,6 +88,7 @@ impl Default for StackOptions {
             concurrency: 1,
             tls_certificate_name: None,
             recorder: IngestConfig::default(),
+            recorder_db: None,
         }
     }
 }
@@ -157,8 +161,11 @@ impl Stack {
             listener: tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?,
             config: dev_recorder_api(&issuer, &format!("{issuer}/jwks"), "auditors", &recorder_token)?,
         };
-        let recorder =
-            Recorder::start(recorder_listener, &run_dir.join("recorder.db"), opts.recorder, Some(api)).await?;
+        // Envoy presents the same token on the access-log stream (initial metadata) as on the
+        // review and grant routes; a deployment may hold two (see README, Auditing).
+        let options = RecorderOptions { ingest: opts.recorder, ingest_token: Some(recorder_token.clone()) };
+        let db = opts.recorder_db.unwrap_or_else(|| run_dir.join("recorder.db").to_string_lossy().into_owned());
+        let recorder = Recorder::start_url(recorder_listener, &db, options, Some(api)).await?;
         let recorder_api_port = recorder.api_addr.map(|a| a.port()).unwrap_or(0);
         let mut config = dev_filter_config(&issuer, &format!("{issuer}/jwks"));
         if let Some(edit) = opts.filter_config {

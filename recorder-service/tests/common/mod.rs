@@ -93,6 +93,25 @@ pub async fn send_to(
         .map(|_| ())
 }
 
+/// As [`send_to`], presenting `token` as Envoy does (`authorization: Bearer` in the stream's
+/// initial metadata); `None` sends no token.
+pub async fn send_with_token(
+    addr: SocketAddr,
+    token: Option<&str>,
+    messages: Vec<StreamAccessLogsMessage>,
+) -> Result<(), tonic::Status> {
+    let mut client = AccessLogServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    client.stream_access_logs(request).await.map(|_| ())
+}
+
 /// One message of HTTP entries, with the identifier Envoy sends on a stream's first message.
 pub fn message(entries: Vec<HttpAccessLogEntry>) -> StreamAccessLogsMessage {
     StreamAccessLogsMessage {

@@ -6,7 +6,7 @@
 
 use scrim_devstack::envoy::{Envoy, EnvoyOptions, Upstream};
 use scrim_devstack::idp::{DevIdentity, DevIdp};
-use scrim_devstack::recorder::{Recorder, RecorderApi};
+use scrim_devstack::recorder::{Recorder, RecorderApi, RecorderOptions};
 use scrim_recorder::ingest::IngestConfig;
 
 /// The dev group whose members see every recorded exchange through the auditor API.
@@ -97,7 +97,10 @@ async fn run() -> Result<(), String> {
         listener: bind("SCRIM_AUDIT_API_PORT", audit_api_port).await?,
         config: dev_recorder_api(&issuer, idp.jwks_uri(), AUDITOR_GROUP, &recorder_token)?,
     };
-    let _recorder = Recorder::start(recorder_listener, &db, IngestConfig::default(), Some(api)).await?;
+    // Envoy presents the same token on the access-log stream; nothing else on this machine
+    // can add records.
+    let options = RecorderOptions { ingest: IngestConfig::default(), ingest_token: Some(recorder_token.clone()) };
+    let _recorder = Recorder::start(recorder_listener, &db, options, Some(api)).await?;
 
     let key = service_key()?;
     let upstream_url = std::env::var("SCRIM_UPSTREAM").ok().filter(|u| !u.is_empty());
