@@ -58,6 +58,10 @@ pub struct ApiConfig {
     pub service_token: Option<String>,
     /// Longest just-in-time grant that may be asked for, in seconds.
     pub max_grant_seconds: u64,
+    /// The web console under `/console` ([`crate::console`]); `None` serves none.
+    pub console: Option<crate::console::ConsoleConfig>,
+    /// Webhooks told of new reviews and grant requests ([`crate::notify`]).
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 impl ApiConfig {
@@ -70,6 +74,8 @@ impl ApiConfig {
             approver_group: "approvers".into(),
             service_token: None,
             max_grant_seconds: 8 * 3600,
+            console: None,
+            notifier: None,
         }
     }
 }
@@ -336,6 +342,10 @@ impl Api {
         self.0.config.max_grant_seconds
     }
 
+    pub(crate) fn notifier(&self) -> Option<&crate::notify::Notifier> {
+        self.0.config.notifier.as_ref()
+    }
+
     pub(crate) fn is_approver(&self, caller: &Caller) -> bool {
         caller.groups.contains(&self.0.config.approver_group)
     }
@@ -424,12 +434,18 @@ pub fn router(api: Api) -> Router {
         .layer(axum::middleware::from_fn_with_state(api.clone(), guard));
     let approvals = crate::reviews::approver_routes()
         .layer(axum::middleware::from_fn_with_state(api.clone(), guard_identified));
-    Router::new()
+    let console = api.0.config.console.clone();
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .merge(v1)
         .merge(approvals)
         .merge(crate::reviews::internal_routes())
-        .with_state(api)
+        .with_state(api.clone());
+    // The web console calls the routes above in-process, with the signed-in person's token.
+    match console {
+        Some(config) => routes.clone().merge(crate::console::router(config, api, routes)),
+        None => routes,
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.

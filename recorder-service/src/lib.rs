@@ -14,12 +14,16 @@
 //! - [`replay`]: a session rebuilt as the developer saw it, masked spans located.
 //! - [`secret_file`]: the ingest token and chain keys read from files, compared safely.
 //! - [`reviews`]: human approvals and just-in-time grants the gateway's filter asks about.
+//! - [`console`]: the web console for auditors and approvers (browser sign-in, pages).
+//! - [`notify`]: webhooks told of new reviews and grant requests.
 
 pub mod api;
 pub mod chain;
+pub mod console;
 pub mod dedup;
 pub mod envoy;
 pub mod ingest;
+pub mod notify;
 pub mod record;
 pub mod replay;
 pub mod reviews;

@@ -265,6 +265,9 @@ async fn open_review(State(api): State<Api>, headers: HeaderMap, Json(req): Json
             now,
         );
         save(&api, doc, ev).await?;
+        if let Some(notifier) = api.notifier() {
+            notifier.review_requested(&review);
+        }
         Ok(review)
     }
     .await;
@@ -544,6 +547,9 @@ async fn request_grant(
         now,
     );
     save(&api, doc, ev).await?;
+    if let Some(notifier) = api.notifier() {
+        notifier.grant_requested(&grant);
+    }
     Ok(Json(grant))
 }
 
