@@ -152,8 +152,14 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Binds `listen` and starts serving (inside a runtime).
-    pub async fn start(listen: &str, config: ApiConfig, db: String) -> Result<ApiServer, CliError> {
-        let open: api::OpenStore = Arc::new(move || store::open(&db));
+    pub async fn start(
+        listen: &str,
+        config: ApiConfig,
+        db: String,
+        keys: Option<Arc<scrim_recorder::chain_keys::ChainKeys>>,
+    ) -> Result<ApiServer, CliError> {
+        // Review and grant decisions append sealed events, like ingest.
+        let open: api::OpenStore = Arc::new(move || store::open_keyed(&db, keys.clone()));
         let api = Api::start(config, open).await;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         log::info!("auditor API on http://{}", listener.local_addr()?);

@@ -4,10 +4,12 @@
 //! Each record's hash is SHA-256(previous hash || record body), the first record's previous
 //! hash being 32 zero bytes. The body is the stored JSON with shared pieces as references
 //! ([`crate::dedup`]); each piece is covered by its own content hash, so the chain stays valid
-//! when payload pieces are purged. Limit: whoever can rewrite the whole database can rebuild
-//! the chain, and deleting the newest records leaves no trace inside it; compare the head that
-//! `verify` prints with one kept elsewhere.
+//! when payload pieces are purged. Each hash is also sealed with a key only the recorder holds
+//! ([`crate::chain_keys`]), so whoever rewrites the database and rebuilds the plain hashes
+//! still breaks the seals. Limit: deleting the newest records leaves no trace inside the
+//! chain; compare the head that `verify` prints with one kept elsewhere.
 
+use crate::chain_keys::SealCheck;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -32,6 +34,8 @@ pub struct ChainRow {
     /// Whether the stored hash matches the body (and the indexed columns match the body);
     /// computed by the store, which owns the body.
     pub body_intact: bool,
+    /// The seal of `hash`, as checked by the store with the recorder's keys.
+    pub seal: SealCheck,
 }
 
 /// A break in the chain or its content.
@@ -48,10 +52,38 @@ pub enum Problem {
         before_seq: i64,
         missing_seqs: Option<(i64, i64)>,
     },
+    /// The record's seal does not match its chain hash: it was rewritten (or its hash
+    /// recomputed) by someone without the recorder's key.
+    BadSeal { seq: i64, exchange_id: String },
+    /// The record carries no seal although the chain is sealed.
+    Unsealed { seq: i64, exchange_id: String },
+    /// The record was sealed with a key id the given key file does not hold.
+    UnknownKey { seq: i64, key_id: String },
+    /// The retention horizon outside the chain (`meta.purged_before_ms`) is later than any
+    /// purge recorded in the chain: content was removed without a purge event.
+    PurgeOutsideChain {
+        meta_ms: i64,
+        chain_ms: Option<i64>,
+    },
     /// A stored content piece no longer matches its hash.
     ContentAltered { hash: String },
     /// A record or piece references content that is not stored.
     ContentMissing { hash: String },
+}
+
+impl Problem {
+    /// The record the problem is about, when it is about one.
+    pub fn seq(&self) -> Option<i64> {
+        match self {
+            Problem::Altered { seq, .. }
+            | Problem::Inserted { seq, .. }
+            | Problem::BadSeal { seq, .. }
+            | Problem::Unsealed { seq, .. }
+            | Problem::UnknownKey { seq, .. } => Some(*seq),
+            Problem::Deleted { before_seq, .. } => Some(*before_seq),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Problem {
@@ -84,6 +116,20 @@ impl std::fmt::Display for Problem {
             } => {
                 write!(f, "records were deleted before record {before_seq}")
             }
+            Problem::BadSeal { seq, exchange_id } => {
+                write!(f, "record {seq} ({exchange_id}) has a bad seal (rewritten without the key)")
+            }
+            Problem::Unsealed { seq, exchange_id } => {
+                write!(f, "record {seq} ({exchange_id}) carries no seal")
+            }
+            Problem::UnknownKey { seq, key_id } => {
+                write!(f, "record {seq} is sealed with key `{key_id}`, not in the key file")
+            }
+            Problem::PurgeOutsideChain { meta_ms, chain_ms } => write!(
+                f,
+                "content is marked purged before {meta_ms} but the chain records purges only up to {}",
+                chain_ms.map_or("nothing".to_string(), |c| c.to_string())
+            ),
             Problem::ContentAltered { hash } => write!(f, "content piece {hash} was altered"),
             Problem::ContentMissing { hash } => write!(f, "content piece {hash} is missing"),
         }
@@ -104,6 +150,21 @@ pub fn walk(rows: &[ChainRow]) -> Vec<Problem> {
                 seq: row.seq,
                 exchange_id: row.exchange_id.clone(),
             });
+        }
+        match &row.seal {
+            SealCheck::NotChecked | SealCheck::Valid { .. } => {}
+            SealCheck::Invalid => problems.push(Problem::BadSeal {
+                seq: row.seq,
+                exchange_id: row.exchange_id.clone(),
+            }),
+            SealCheck::Missing => problems.push(Problem::Unsealed {
+                seq: row.seq,
+                exchange_id: row.exchange_id.clone(),
+            }),
+            SealCheck::UnknownKey { key_id } => problems.push(Problem::UnknownKey {
+                seq: row.seq,
+                key_id: key_id.clone(),
+            }),
         }
         if row.prev_hash.as_slice() != expected_prev {
             if rows
@@ -156,6 +217,7 @@ mod tests {
                     prev_hash: prev.clone(),
                     hash: hash.clone(),
                     body_intact: true,
+                    seal: SealCheck::NotChecked,
                 };
                 prev = hash;
                 row
@@ -207,6 +269,7 @@ mod tests {
             prev_hash: rows[1].hash.clone(),
             hash: forged_hash,
             body_intact: true,
+            seal: SealCheck::NotChecked,
         };
         rows.insert(2, forged);
         for (i, r) in rows.iter_mut().enumerate() {
@@ -230,6 +293,7 @@ mod tests {
             prev_hash: vec![9; 32],
             hash: vec![8; 32],
             body_intact: true,
+            seal: SealCheck::NotChecked,
         };
         rows.insert(2, foreign);
         for (i, r) in rows.iter_mut().enumerate() {

@@ -9,6 +9,7 @@
 //! - [`store`]: the [`store::Store`] contract and its SQLite implementation.
 //! - [`dedup`]: content addressing that stores each repeated piece of a conversation once.
 //! - [`chain`]: the hash chain and the walk that finds altered, inserted or deleted records.
+//! - [`chain_keys`]: the HMAC keys that seal each record's chain hash (rotation by key id).
 //! - [`time`]: formatting epoch milliseconds for people.
 //! - [`api`]: the auditors' HTTP/JSON query API (OIDC tokens, scoped per caller, logged).
 //! - [`replay`]: a session rebuilt as the developer saw it, masked spans located.
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod chain;
+pub mod chain_keys;
 pub mod console;
 pub mod dedup;
 pub mod envoy;

@@ -5,6 +5,7 @@ mod approvals_cli;
 mod audit_cli;
 
 use clap::{Args, Parser, Subcommand};
+use scrim_recorder::chain_keys::ChainKeys;
 use scrim_recorder::ingest::{self, Ingest, IngestConfig};
 use scrim_recorder::store::{self, Exchange, SessionQuery, Store, StoreError};
 use scrim_recorder::time::format_ms;
@@ -17,7 +18,8 @@ const EXAMPLES: &str = "\
 Examples:
   # Receive Envoy's access log on 127.0.0.1:9904 into ./audit.db; Envoy presents the token
   # in the file (its grpc_service initial_metadata `authorization: Bearer ...`)
-  scrim-recorder --db audit.db serve --ingest-token-file /run/secrets/scrim-ingest-token
+  scrim-recorder --db audit.db --chain-key-file /run/secrets/scrim-chain-keys \
+      serve --ingest-token-file /run/secrets/scrim-ingest-token
 
   # Recent sessions of one user, as text and as JSON
   scrim-recorder --db audit.db sessions list --user alice
@@ -26,14 +28,16 @@ Examples:
   # Every exchange of one session
   scrim-recorder --db audit.db sessions show 3f2c9a4e-session-id
 
-  # Check the hash chain; exit status 1 if anything was altered, inserted or deleted
-  scrim-recorder --db audit.db verify
+  # Check the hash chain and its seals; exit status 1 if anything was altered, inserted or
+  # deleted, with the first bad record named
+  scrim-recorder --db audit.db --chain-key-file /run/secrets/scrim-chain-keys verify
 
   # Everything as JSON Lines
   scrim-recorder --db audit.db export > audit.jsonl
 
-  # Drop request and response content older than 90 days (metadata and hashes stay)
-  scrim-recorder --db audit.db purge --older-than 90
+  # Drop request and response content older than 90 days (metadata and hashes stay; the
+  # purge itself becomes a sealed chain event)
+  scrim-recorder --db audit.db --chain-key-file /run/secrets/scrim-chain-keys purge --older-than 90
 
   # Also answer auditors over HTTP (tokens checked as the gateway does; group `auditors` sees all)
   scrim-recorder --db audit.db serve --http-listen 127.0.0.1:9902 \
@@ -55,8 +59,9 @@ Examples:
   SCRIM_TOKEN=$APPROVER_TOKEN scrim-recorder grants revoke gr-0a1b2c3d4e5f6a7b --reason 'done'
 
   # Several recorders sharing one PostgreSQL database, each beside its own Envoy on loopback
-  scrim-recorder --db postgres://scrim@db.internal/audit serve \
-      --ingest-token-file /run/secrets/scrim-ingest-token";
+  scrim-recorder --db postgres://scrim@db.internal/audit \
+      --chain-key-file /run/secrets/scrim-chain-keys \
+      serve --ingest-token-file /run/secrets/scrim-ingest-token";
 
 /// Scrim recorder: stores the audit record of every exchange Envoy logs, hash-chained.
 #[derive(Parser)]
@@ -71,6 +76,10 @@ struct Cli {
         default_value = "scrim-recorder.db"
     )]
     db: String,
+    /// Chain key file (`<key-id> <secret>` per line, the last one seals new records; see
+    /// README, Auditing). Needed by `serve` and `purge`; `verify` checks seals only with it.
+    #[arg(long, env = "SCRIM_RECORDER_CHAIN_KEY_FILE", global = true)]
+    chain_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
@@ -216,6 +225,10 @@ enum CliError {
     JwksCa { path: String, message: String },
     #[error("--ingest-token-file {0}")]
     IngestToken(scrim_recorder::secret_file::SecretError),
+    #[error("--chain-key-file {0}")]
+    ChainKeys(scrim_recorder::secret_file::SecretError),
+    #[error("{0} needs --chain-key-file: records and purge events are sealed with it")]
+    NoChainKeys(&'static str),
     #[error("--service-token-file {path}: {message}")]
     ServiceToken { path: String, message: String },
     #[error("{0}")]
@@ -249,12 +262,21 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         _ => {}
     }
-    let mut store = store::open(&cli.db)?;
+    let keys = match &cli.chain_key_file {
+        Some(path) => Some(Arc::new(ChainKeys::load(path).map_err(CliError::ChainKeys)?)),
+        None => None,
+    };
+    match (&cli.command, &keys) {
+        (Command::Serve(_), None) => return Err(CliError::NoChainKeys("serve")),
+        (Command::Purge { .. }, None) => return Err(CliError::NoChainKeys("purge")),
+        _ => {}
+    }
+    let mut store = store::open_keyed(&cli.db, keys.clone())?;
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Serve(args) => {
             drop(out);
-            serve(store, args, cli.db)?;
+            serve(store, args, cli.db, keys)?;
         }
         Command::Sessions(SessionsCommand::List { user, limit, json }) => {
             let sessions = store.sessions(&SessionQuery {
@@ -316,10 +338,20 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     writeln!(out, "head: record {seq} {hash}")?;
                 }
                 if let Some(t) = report.purged_before_ms {
-                    writeln!(out, "content purged before {} (retention)", format_ms(t))?;
+                    writeln!(out, "content purged before {} (retention, per the chain's purge events)", format_ms(t))?;
+                }
+                if report.seals_checked {
+                    for (key_id, n) in &report.sealed_by {
+                        writeln!(out, "sealed with key {key_id}: {n} records")?;
+                    }
+                } else {
+                    writeln!(out, "seals not checked (no --chain-key-file): plain hashes can be recomputed by anyone")?;
                 }
                 for p in &report.problems {
                     writeln!(out, "PROBLEM: {p}")?;
+                }
+                if let Some(seq) = report.first_bad_seq {
+                    writeln!(out, "first bad record: {seq}")?;
                 }
                 if report.problems.is_empty() {
                     writeln!(out, "chain intact")?;
@@ -353,7 +385,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            let report = store.purge(store::retention_cutoff_ms(now_ms, older_than))?;
+            let report = store.purge(&store::PurgeRequest {
+                before_ms: store::retention_cutoff_ms(now_ms, older_than),
+                now_ms,
+                command: format!("purge --older-than {older_than}"),
+            })?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
                 writeln!(out)?;
@@ -393,7 +429,12 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(store: Box<dyn Store>, args: ServeArgs, db: String) -> Result<(), CliError> {
+fn serve(
+    store: Box<dyn Store>,
+    args: ServeArgs,
+    db: String,
+    keys: Option<Arc<ChainKeys>>,
+) -> Result<(), CliError> {
     let ingest_token = scrim_recorder::secret_file::read_secret(&args.ingest_token_file)
         .map_err(CliError::IngestToken)?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -425,6 +466,7 @@ fn serve(store: Box<dyn Store>, args: ServeArgs, db: String) -> Result<(), CliEr
                         args.max_grant_seconds,
                     )?,
                     db,
+                    keys,
                 )
                 .await?,
             ),

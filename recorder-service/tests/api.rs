@@ -582,9 +582,15 @@ async fn serve_answers_auditors_on_its_http_listener() {
         auth_config(json!({"jwks": {"keys": [idp.jwk.clone()]}})).to_string(),
     )
     .unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let (token_file, key_file) = (secrets.path().join("ingest"), secrets.path().join("keys"));
+    std::fs::write(&token_file, "synthetic-ingest-token-0123456789abcdef").unwrap();
+    std::fs::write(&key_file, "k1 synthetic-chain-key-0123456789abcdef\n").unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
         .arg("--db")
         .arg(&db)
+        .arg("--chain-key-file")
+        .arg(&key_file)
         .args([
             "serve",
             "--grpc-listen",
@@ -592,6 +598,8 @@ async fn serve_answers_auditors_on_its_http_listener() {
             "--http-listen",
             "127.0.0.1:0",
         ])
+        .arg("--ingest-token-file")
+        .arg(&token_file)
         .arg("--auth-config")
         .arg(&config)
         .stderr(std::process::Stdio::piped())

@@ -115,9 +115,13 @@ async fn serve_stores_what_envoy_sends_with_the_token_and_refuses_streams_withou
     let token = "synthetic-ingest-token-0123456789abcdef";
     let token_file = dir.path().join("ingest-token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let key_file = dir.path().join("chain-keys");
+    std::fs::write(&key_file, "k1 synthetic-chain-key-0123456789abcdef\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
         .arg("--db")
         .arg(&db)
+        .arg("--chain-key-file")
+        .arg(&key_file)
         .args(["serve", "--grpc-listen", "127.0.0.1:0", "--ingest-token-file"])
         .arg(&token_file)
         .stderr(std::process::Stdio::piped())
@@ -161,4 +165,55 @@ async fn serve_stores_what_envoy_sends_with_the_token_and_refuses_streams_withou
     let stored = SqliteStore::open(&db).unwrap().session("sess-bin").unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].stored.record, record);
+    // Sealed with the key: verify with the key file checks it.
+    let verify = Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
+        .arg("--db")
+        .arg(&db)
+        .arg("--chain-key-file")
+        .arg(&key_file)
+        .args(["verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(verify.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["sealed_by"]["k1"], 1, "{report}");
+}
+
+#[test]
+fn serve_refuses_to_start_without_an_ingest_token_or_chain_keys_or_with_short_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "short-token\n").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "synthetic-ingest-token-0123456789abcdef").unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "k1 synthetic-chain-key-0123456789abcdef\n").unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_scrim-recorder"))
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
+        (vec![os("serve")], "--ingest-token-file"),
+        (vec![os("serve"), os("--ingest-token-file"), token.as_os_str()], "needs --chain-key-file"),
+        (
+            vec![os("--chain-key-file"), keys.as_os_str(), os("serve"), os("--ingest-token-file"), short.as_os_str()],
+            "at least 32 characters",
+        ),
+        (
+            vec![os("--chain-key-file"), short.as_os_str(), os("serve"), os("--ingest-token-file"), token.as_os_str()],
+            "--chain-key-file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
 }

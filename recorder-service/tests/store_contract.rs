@@ -15,7 +15,10 @@ use scrim_recorder::envoy::envoy_fields;
 use scrim_recorder::record::StoredRecord;
 use scrim_core::audit::{Decision, Direction, MaskCount, Usage};
 use scrim_recorder::store::{self, Document, ExchangeFilter, QueryLogEntry, SessionQuery, Store};
+use scrim_recorder::chain_keys::ChainKeys;
+use scrim_recorder::store::PurgeRequest;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A store under test: fresh and empty, reachable by a new handle and by raw SQL.
@@ -24,8 +27,14 @@ trait Backend {
     fn new() -> Self;
     /// A new handle on the same store (another recorder, or the same one restarted).
     fn open(&self) -> Box<dyn Store>;
+    /// As `open`, sealing appends with `keys` and checking seals in `verify`.
+    fn open_keyed(&self, keys: &ChainKeys) -> Box<dyn Store>;
     /// Runs SQL directly against the database, bypassing the store.
     fn tamper(&self, sql: &str);
+    /// Rows `(seq, body, prev_hash, hash)` in chain order, read with SQL.
+    fn raw_rows(&self) -> Vec<(i64, String, Vec<u8>, Vec<u8>)>;
+    /// Overwrites one row's body and hashes with SQL.
+    fn rewrite(&self, seq: i64, body: &str, prev_hash: &[u8], hash: &[u8]);
 }
 
 struct Sqlite {
@@ -42,6 +51,26 @@ impl Backend for Sqlite {
     }
     fn open(&self) -> Box<dyn Store> {
         store::open(self.path.to_str().unwrap()).unwrap()
+    }
+    fn open_keyed(&self, keys: &ChainKeys) -> Box<dyn Store> {
+        store::open_keyed(self.path.to_str().unwrap(), Some(Arc::new(keys.clone()))).unwrap()
+    }
+    fn raw_rows(&self) -> Vec<(i64, String, Vec<u8>, Vec<u8>)> {
+        let conn = rusqlite::Connection::open(&self.path).unwrap();
+        let mut stmt = conn.prepare("SELECT seq, body, prev_hash, hash FROM records ORDER BY seq").unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+    fn rewrite(&self, seq: i64, body: &str, prev_hash: &[u8], hash: &[u8]) {
+        rusqlite::Connection::open(&self.path)
+            .unwrap()
+            .execute(
+                "UPDATE records SET body = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+                rusqlite::params![body, prev_hash, hash, seq],
+            )
+            .unwrap();
     }
     fn tamper(&self, sql: &str) {
         rusqlite::Connection::open(&self.path)
@@ -64,6 +93,25 @@ impl Backend for Postgres {
     }
     fn open(&self) -> Box<dyn Store> {
         store::open(&self.url).unwrap()
+    }
+    fn open_keyed(&self, keys: &ChainKeys) -> Box<dyn Store> {
+        store::open_keyed(&self.url, Some(Arc::new(keys.clone()))).unwrap()
+    }
+    fn raw_rows(&self) -> Vec<(i64, String, Vec<u8>, Vec<u8>)> {
+        let mut c = ::postgres::Client::connect(&self.url, ::postgres::NoTls).unwrap();
+        c.query("SELECT seq, body, prev_hash, hash FROM records ORDER BY seq", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+    fn rewrite(&self, seq: i64, body: &str, prev_hash: &[u8], hash: &[u8]) {
+        let mut c = ::postgres::Client::connect(&self.url, ::postgres::NoTls).unwrap();
+        c.execute(
+            "UPDATE records SET body = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
+            &[&body, &prev_hash, &hash, &seq],
+        )
+        .unwrap();
     }
     fn tamper(&self, sql: &str) {
         ::postgres::Client::connect(&self.url, ::postgres::NoTls)
@@ -100,6 +148,11 @@ contract!(
     purge_keeps_pieces_that_newer_records_share,
     content_deleted_inside_the_retention_period_is_still_reported,
     purge_horizon_never_moves_back,
+    rewritten_row_with_recomputed_plain_hashes_is_caught_by_its_seal,
+    rotated_keys_verify_old_records_under_the_old_id_and_new_under_the_new,
+    unsealed_or_foreign_key_records_are_named_when_seals_are_checked,
+    purge_is_a_sealed_chain_event_naming_horizon_and_command,
+    horizon_raised_outside_the_chain_is_caught,
     ingest_rate_is_reported,
     find_sessions_applies_every_filter_to_the_exchanges_it_counts,
     find_sessions_pages_through_every_session_once_in_order,
@@ -111,6 +164,26 @@ contract!(
 
 const DAY_S: i64 = 86_400;
 const T0: i64 = 1_700_000_000;
+/// When the purges of these tests run: after every record's start.
+const NOW_MS: i64 = (T0 + 30 * DAY_S) * 1000;
+
+/// Purges content before `before_ms`, as `purge` run at [`NOW_MS`] would.
+fn purge(store: &mut Box<dyn Store>, before_ms: i64) -> store::PurgeReport {
+    store
+        .purge(&PurgeRequest {
+            before_ms,
+            now_ms: NOW_MS,
+            command: "purge --older-than 24".into(),
+        })
+        .unwrap()
+}
+
+const OLD_KEY: &str = "k-2025 synthetic-chain-key-old-0123456789abcdef";
+const NEW_KEY: &str = "k-2026 synthetic-chain-key-new-0123456789abcdef";
+
+fn keys(text: &str) -> ChainKeys {
+    ChainKeys::parse(text, "test").unwrap()
+}
 
 fn stored(record: AuditRecord, start_s: i64) -> StoredRecord {
     let envoy = envoy_fields(&record_entry(&record, start_s));
@@ -337,24 +410,39 @@ fn purge_removes_old_payload_and_the_chain_still_verifies(b: &impl Backend) {
     let before = store.usage().unwrap();
     // x1..x5 started before day 6.
     let cutoff_ms = (T0 + 6 * DAY_S) * 1000;
-    let report = store.purge(cutoff_ms).unwrap();
+    let report = purge(&mut store, cutoff_ms);
     assert_eq!(report.purged_before_ms, cutoff_ms);
     assert_eq!(report.records_before, 5);
     assert!(report.pieces_removed >= 10, "{report:?}");
     let after = store.usage().unwrap();
-    assert_eq!(after.records, 10);
-    assert_eq!(after.record_bytes, before.record_bytes);
-    // Usage counts each piece's 64-character key too; the report counts payload bytes.
+    assert_eq!(after.records, 11);
+    // Usage counts each piece's 64-character key too; the report counts payload bytes. The
+    // purge event added one piece (its detail).
+    let event_piece = {
+        let mut event_only = Vec::new();
+        store
+            .for_each(&mut |ex| {
+                if ex.seq == 11 {
+                    event_only.push(ex);
+                }
+                Ok(())
+            })
+            .unwrap();
+        let detail = event_only[0].stored.record.request.clone().unwrap();
+        serde_json::to_vec(&detail).unwrap().len() as u64 + 64
+    };
+    assert!(after.record_bytes > before.record_bytes);
     assert_eq!(
         after.content_bytes + report.bytes_removed + 64 * report.pieces_removed,
-        before.content_bytes,
+        before.content_bytes + event_piece,
         "{report:?}"
     );
 
     let verify = store.verify().unwrap();
     assert!(verify.problems.is_empty(), "{:?}", verify.problems);
     assert_eq!(verify.purged_before_ms, Some(cutoff_ms));
-    assert_eq!(verify.records, 10);
+    // The ten exchanges and the purge's own event.
+    assert_eq!(verify.records, 11);
 
     let mut all = Vec::new();
     store
@@ -371,12 +459,14 @@ fn purge_removes_old_payload_and_the_chain_still_verifies(b: &impl Backend) {
         assert!(ex.stored.record.user.is_some());
         assert!(ex.stored.envoy.start_time_ms.is_some());
     }
-    for ex in &all[5..] {
+    for ex in &all[5..10] {
         assert!(!ex.content_missing);
         assert_eq!(ex.stored, nth_record(ex.seq as u64));
     }
     // Session listings are built from metadata only: unchanged.
-    assert_eq!(store.sessions(&SessionQuery::default()).unwrap()[0].input_tokens, 50);
+    let sessions = store.sessions(&SessionQuery::default()).unwrap();
+    let s_b = sessions.iter().find(|s| s.session_id == "s-b").unwrap();
+    assert_eq!(s_b.input_tokens, 50);
 }
 
 fn purge_keeps_pieces_that_newer_records_share(b: &impl Backend) {
@@ -385,7 +475,7 @@ fn purge_keeps_pieces_that_newer_records_share(b: &impl Backend) {
     for (i, r) in records.iter().enumerate() {
         store.append(&[stored(r.clone(), T0 + i as i64 * DAY_S)]).unwrap();
     }
-    store.purge((T0 + 5 * DAY_S) * 1000).unwrap();
+    purge(&mut store, (T0 + 5 * DAY_S) * 1000);
     assert!(store.verify().unwrap().problems.is_empty());
     let back = store.session("agent-1").unwrap();
     // The newest turn resends the whole conversation, old turns included: all still there.
@@ -395,7 +485,7 @@ fn purge_keeps_pieces_that_newer_records_share(b: &impl Backend) {
 
 fn content_deleted_inside_the_retention_period_is_still_reported(b: &impl Backend) {
     let mut store = ten_records(b);
-    store.purge((T0 + 6 * DAY_S) * 1000).unwrap();
+    purge(&mut store, (T0 + 6 * DAY_S) * 1000);
     // The message text of x10, inside the period: stored as its own piece.
     let text = serde_json::to_vec(&serde_json::Value::String(words(10, 400))).unwrap();
     let hash = scrim_recorder::dedup::sha256_hex(&text);
@@ -409,11 +499,151 @@ fn content_deleted_inside_the_retention_period_is_still_reported(b: &impl Backen
 fn purge_horizon_never_moves_back(b: &impl Backend) {
     let mut store = ten_records(b);
     let late = (T0 + 6 * DAY_S) * 1000;
-    store.purge(late).unwrap();
-    let report = store.purge(late - 3 * DAY_S * 1000).unwrap();
+    purge(&mut store, late);
+    let report = purge(&mut store, late - 3 * DAY_S * 1000);
     assert_eq!(report.purged_before_ms, late);
     assert_eq!(report.pieces_removed, 0);
     assert!(store.verify().unwrap().problems.is_empty());
+}
+
+fn rewritten_row_with_recomputed_plain_hashes_is_caught_by_its_seal(b: &impl Backend) {
+    let k = keys(OLD_KEY);
+    let mut store = b.open_keyed(&k);
+    for i in 1..=6 {
+        store.append(&[nth_record(i)]).unwrap();
+    }
+    assert!(store.verify().unwrap().problems.is_empty());
+    // Someone with write access to the database changes record 3 and rebuilds every plain
+    // hash from there on, as the unkeyed chain allowed.
+    let rows = b.raw_rows();
+    let mut prev = rows[1].3.clone();
+    for (seq, body, _, _) in &rows[2..] {
+        // Who asked: the body field no index column copies.
+        let body = if *seq == 3 {
+            body.replace("alice@example.com", "mallory@example.com")
+        } else {
+            body.clone()
+        };
+        assert!(*seq != 3 || body != rows[2].1, "the edit changed the body");
+        let hash = scrim_recorder::chain::link_hash(&prev, body.as_bytes()).to_vec();
+        b.rewrite(*seq, &body, &prev, &hash);
+        prev = hash;
+    }
+    // Without the key the chain looks intact; with it, the rewrite is caught at record 3.
+    assert!(b.open().verify().unwrap().problems.is_empty());
+    let report = store.verify().unwrap();
+    assert_eq!(report.first_bad_seq, Some(3));
+    assert_eq!(
+        report.problems[0],
+        Problem::BadSeal {
+            seq: 3,
+            exchange_id: "x3".into()
+        }
+    );
+    assert_eq!(report.problems.len(), 4, "records 3..=6 carry the rebuilt hashes: {:?}", report.problems);
+}
+
+fn rotated_keys_verify_old_records_under_the_old_id_and_new_under_the_new(b: &impl Backend) {
+    let mut store = b.open_keyed(&keys(OLD_KEY));
+    for i in 1..=3 {
+        store.append(&[nth_record(i)]).unwrap();
+    }
+    // Rotation: the new key goes last (it seals from now on), the old one stays to verify.
+    let rotated = keys(&format!("{OLD_KEY}\n{NEW_KEY}\n"));
+    let mut store = b.open_keyed(&rotated);
+    for i in 4..=5 {
+        store.append(&[nth_record(i)]).unwrap();
+    }
+    let report = store.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.seals_checked);
+    let by: Vec<(&str, u64)> = report.sealed_by.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    assert_eq!(by, [("k-2025", 3), ("k-2026", 2)]);
+    // Retiring the old key from the file leaves its records unverifiable, by name.
+    let report = b.open_keyed(&keys(NEW_KEY)).verify().unwrap();
+    assert_eq!(
+        report.problems,
+        (1..=3)
+            .map(|seq| Problem::UnknownKey { seq, key_id: "k-2025".into() })
+            .collect::<Vec<_>>()
+    );
+}
+
+fn unsealed_or_foreign_key_records_are_named_when_seals_are_checked(b: &impl Backend) {
+    let k = keys(OLD_KEY);
+    let mut store = b.open_keyed(&k);
+    store.append(&[nth_record(1), nth_record(2)]).unwrap();
+    // A row appended by a store without the key (or whose seal was wiped) is unsealed.
+    b.open().append(&[nth_record(3)]).unwrap();
+    b.tamper("UPDATE records SET seal = NULL, key_id = NULL WHERE seq = 1;");
+    let report = store.verify().unwrap();
+    assert_eq!(
+        report.problems,
+        vec![
+            Problem::Unsealed { seq: 1, exchange_id: "x1".into() },
+            Problem::Unsealed { seq: 3, exchange_id: "x3".into() },
+        ]
+    );
+    assert_eq!(report.first_bad_seq, Some(1));
+}
+
+fn purge_is_a_sealed_chain_event_naming_horizon_and_command(b: &impl Backend) {
+    let k = keys(OLD_KEY);
+    let mut store = b.open_keyed(&k);
+    for i in 1..=4 {
+        store.append(&[nth_record(i)]).unwrap();
+    }
+    let cutoff = (T0 + 3 * DAY_S) * 1000;
+    let report = purge(&mut store, cutoff);
+    let mut last = None;
+    store
+        .for_each(&mut |ex| {
+            last = Some(ex);
+            Ok(())
+        })
+        .unwrap();
+    let event = last.unwrap();
+    assert_eq!(event.seq, 5);
+    let r = &event.stored.record;
+    assert_eq!(r.reason.as_deref(), Some("retention.purged"));
+    assert_eq!(r.method, "PURGE");
+    let detail = r.request.as_ref().unwrap();
+    assert_eq!(detail["purged_before_ms"], cutoff);
+    assert_eq!(detail["command"], "purge --older-than 24");
+    assert_eq!(detail["pieces_removed"], report.pieces_removed);
+    let verify = store.verify().unwrap();
+    assert!(verify.problems.is_empty(), "{:?}", verify.problems);
+    assert_eq!(verify.purged_before_ms, Some(cutoff));
+    assert_eq!(verify.sealed_by.values().sum::<u64>(), 5);
+}
+
+fn horizon_raised_outside_the_chain_is_caught(b: &impl Backend) {
+    let k = keys(OLD_KEY);
+    let mut store = b.open_keyed(&k);
+    for i in 1..=6 {
+        store.append(&[nth_record(i)]).unwrap();
+    }
+    purge(&mut store, (T0 + 2 * DAY_S) * 1000);
+    // Raising the horizon in `meta` and deleting x4's message text, hoping verify takes it for
+    // retention: the chain records purges only up to day 2.
+    let text = serde_json::to_vec(&serde_json::Value::String(words(4, 400))).unwrap();
+    let hash = scrim_recorder::dedup::sha256_hex(&text);
+    let raised = (T0 + 5 * DAY_S) * 1000;
+    b.tamper(&format!(
+        "UPDATE meta SET value = '{raised}' WHERE key = 'purged_before_ms';
+         DELETE FROM contents WHERE hash = '{hash}';"
+    ));
+    let problems = store.verify().unwrap().problems;
+    assert_eq!(
+        problems,
+        vec![
+            Problem::PurgeOutsideChain {
+                meta_ms: raised,
+                chain_ms: Some((T0 + 2 * DAY_S) * 1000)
+            },
+            Problem::ContentMissing { hash },
+        ]
+    );
 }
 
 /// Prints records/s for group commits (as ingest does with a backlog) and for one commit per

@@ -9,6 +9,8 @@ mod rows;
 pub mod sqlite;
 
 use crate::chain::Problem;
+use crate::chain_keys::ChainKeys;
+use std::sync::Arc;
 use crate::record::StoredRecord;
 use serde::Serialize;
 
@@ -161,10 +163,27 @@ pub struct VerifyReport {
     /// Sequence number and hex hash of the newest record: keep it elsewhere to detect
     /// deletion of the newest records or a rebuilt chain.
     pub head: Option<(i64, String)>,
-    /// Payload of records that started before this (epoch ms) was purged; their pieces may
-    /// be absent without it being a problem.
+    /// Payload of records that started before this (epoch ms) was purged, as the chain's
+    /// purge events record it; their pieces may be absent without it being a problem.
     pub purged_before_ms: Option<i64>,
+    /// The lowest record number any problem names: where the chain stops being trustworthy.
+    pub first_bad_seq: Option<i64>,
+    /// Whether seals were checked (the store was opened with the chain keys).
+    pub seals_checked: bool,
+    /// Records with a valid seal, per key id.
+    pub sealed_by: std::collections::BTreeMap<String, u64>,
     pub problems: Vec<Problem>,
+}
+
+/// What [`Store::purge`] is asked to do, recorded in the chain event it appends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeRequest {
+    /// Remove the payload of records that started before this (epoch ms).
+    pub before_ms: i64,
+    /// When the purge runs (epoch ms): the event's time.
+    pub now_ms: i64,
+    /// The command that asked for it, as typed (`purge --older-than 90`).
+    pub command: String,
 }
 
 /// Outcome of [`Store::purge`].
@@ -217,9 +236,14 @@ pub trait Store: Send {
     fn verify(&self) -> Result<VerifyReport, StoreError>;
     fn usage(&self) -> Result<StorageUsage, StoreError>;
     /// Removes the payload (request and response content) of records that started before
-    /// `before_ms`, except pieces a newer record shares; metadata and hashes stay, so
-    /// `verify` still passes. Records without a start time are kept whole.
-    fn purge(&mut self, before_ms: i64) -> Result<PurgeReport, StoreError>;
+    /// `request.before_ms`, except pieces a newer record shares; metadata and hashes stay, so
+    /// `verify` still passes. Records without a start time are kept whole. Appends a
+    /// `retention.purged` event (horizon, what went, the command) in the same transaction:
+    /// `verify` accepts missing content only up to the horizon the chain records.
+    fn purge(&mut self, request: &PurgeRequest) -> Result<PurgeReport, StoreError>;
+    /// Proves the store can write now: a small durable write that touches no record. Backs
+    /// the recorder's `/healthz`, which `audit.required` asks before every exchange.
+    fn probe_write(&mut self, now_ms: i64) -> Result<(), StoreError>;
 
     // Auditor queries (the HTTP API). The defaults refuse so a backend compiles before it
     // implements them; PostgreSQL: implement all four, with the semantics documented here.
@@ -275,14 +299,20 @@ pub trait Store: Send {
 }
 
 /// Opens the store `db` names: a `postgres://` (or `postgresql://`) URL selects PostgreSQL,
-/// anything else is a SQLite file path.
+/// anything else is a SQLite file path. Without chain keys: appends are unsealed and
+/// `verify` does not check seals (see [`open_keyed`]).
 pub fn open(db: &str) -> Result<Box<dyn Store>, StoreError> {
+    open_keyed(db, None)
+}
+
+/// As [`open`], sealing appends with `keys` and checking seals in `verify`.
+pub fn open_keyed(db: &str, keys: Option<Arc<ChainKeys>>) -> Result<Box<dyn Store>, StoreError> {
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        Ok(Box::new(postgres::PostgresStore::connect(db)?))
+        Ok(Box::new(postgres::PostgresStore::connect(db)?.with_chain_keys(keys)))
     } else {
-        Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
-            db,
-        ))?))
+        Ok(Box::new(
+            sqlite::SqliteStore::open(std::path::Path::new(db))?.with_chain_keys(keys),
+        ))
     }
 }
 
@@ -313,8 +343,11 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn usage(&self) -> Result<StorageUsage, StoreError> {
         (**self).usage()
     }
-    fn purge(&mut self, before_ms: i64) -> Result<PurgeReport, StoreError> {
-        (**self).purge(before_ms)
+    fn purge(&mut self, request: &PurgeRequest) -> Result<PurgeReport, StoreError> {
+        (**self).purge(request)
+    }
+    fn probe_write(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        (**self).probe_write(now_ms)
     }
     fn find_sessions(
         &self,

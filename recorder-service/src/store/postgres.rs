@@ -13,19 +13,20 @@
 use super::rows::{self, Columns, Verifier};
 use super::{
     Document,
-    Exchange, ExchangeFilter, PurgeReport, QueryLogEntry, SessionQuery, SessionSummary,
+    Exchange, ExchangeFilter, PurgeReport, PurgeRequest, QueryLogEntry, SessionQuery, SessionSummary,
     StorageUsage, Store, StoreError, UserUsage, VerifyReport,
 };
 use crate::chain;
+use crate::chain_keys::ChainKeys;
 use crate::dedup;
 use crate::record::StoredRecord;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, IsolationLevel, NoTls, Row};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,7 +42,9 @@ CREATE TABLE IF NOT EXISTS records (
     output_tokens BIGINT NOT NULL,
     body TEXT NOT NULL,
     prev_hash BYTEA NOT NULL,
-    hash BYTEA NOT NULL
+    hash BYTEA NOT NULL,
+    key_id TEXT,
+    seal BYTEA
 );
 CREATE INDEX IF NOT EXISTS records_by_session ON records (session_id, seq);
 CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, start_ms);
@@ -89,6 +92,8 @@ pub struct PostgresStore {
     url: String,
     // The trait reads through `&self`; the client needs `&mut` for every query.
     client: Mutex<Client>,
+    /// Seal appends and check seals in `verify`; `None`: plain hashes only.
+    keys: Option<Arc<ChainKeys>>,
 }
 
 impl PostgresStore {
@@ -113,6 +118,14 @@ impl PostgresStore {
                 )?;
             }
             Some(v) if v == SCHEMA_VERSION => {}
+            // Version 1 had no seal columns; its records stay unsealed (verify names them).
+            Some(v) if v == "1" => {
+                tx.batch_execute(
+                    "ALTER TABLE records ADD COLUMN IF NOT EXISTS key_id TEXT;
+                     ALTER TABLE records ADD COLUMN IF NOT EXISTS seal BYTEA;
+                     UPDATE meta SET value = '2' WHERE key = 'schema';",
+                )?;
+            }
             Some(v) => {
                 return Err(StoreError::SchemaVersion {
                     found: v,
@@ -124,7 +137,14 @@ impl PostgresStore {
         Ok(PostgresStore {
             url: url.to_owned(),
             client: Mutex::new(client),
+            keys: None,
         })
+    }
+
+    /// Seals every appended record with `keys` and checks seals in `verify`.
+    pub fn with_chain_keys(mut self, keys: Option<Arc<ChainKeys>>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// The connection, re-established if the server closed it (restart, failover).
@@ -145,6 +165,114 @@ fn purged_before_ms(c: &mut impl GenericClient) -> Result<Option<i64>, StoreErro
         c.query_opt("SELECT value FROM meta WHERE key = 'purged_before_ms'", &[])?
             .and_then(|r| r.get::<_, String>(0).parse().ok()),
     )
+}
+
+
+/// A batch encoded into rows and its distinct pieces, before any lock is taken (other
+/// recorders then wait only for the inserts).
+struct EncodedBatch {
+    rows: Vec<rows::NewRow>,
+    piece_hashes: Vec<String>,
+    piece_bytes: Vec<Vec<u8>>,
+}
+
+fn encode_batch(batch: &[StoredRecord]) -> EncodedBatch {
+    let mut pieces = Vec::new();
+    let rows: Vec<_> = batch
+        .iter()
+        .map(|stored| rows::encode(stored, &mut pieces))
+        .collect();
+    let mut seen = HashSet::new();
+    let (piece_hashes, piece_bytes): (Vec<String>, Vec<Vec<u8>>) = pieces
+        .into_iter()
+        .filter(|(h, _)| seen.insert(h.clone()))
+        .unzip();
+
+    EncodedBatch { rows, piece_hashes, piece_bytes }
+}
+
+/// Links and inserts `batch` inside `tx`: locks the chain head (`FOR UPDATE`), so appends of
+/// every recorder on the database queue up and each links to the one committed before.
+fn append_in(tx: &mut ::postgres::Transaction<'_>, batch: EncodedBatch, keys: Option<&ChainKeys>) -> Result<(), StoreError> {
+    let EncodedBatch { rows: encoded, piece_hashes, piece_bytes } = batch;
+    let head = tx.query_one("SELECT seq, hash FROM chain_head FOR UPDATE", &[])?;
+    let head_seq: i64 = head.get(0);
+    let mut prev: Vec<u8> = head.get(1);
+    // Numbers continue after the highest row too, so rows someone added by hand cannot
+    // make every later append fail on a duplicate key.
+    let max_seq: i64 = tx
+        .query_one("SELECT coalesce(max(seq), 0) FROM records", &[])?
+        .get(0);
+    let mut seq = head_seq.max(max_seq);
+
+    let n = encoded.len();
+    let mut seqs = Vec::with_capacity(n);
+    let mut exchange_ids = Vec::with_capacity(n);
+    let mut session_ids = Vec::with_capacity(n);
+    let mut subjects = Vec::with_capacity(n);
+    let mut starts = Vec::with_capacity(n);
+    let mut models = Vec::with_capacity(n);
+    let mut decisions = Vec::with_capacity(n);
+    let mut inputs = Vec::with_capacity(n);
+    let mut outputs = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    let mut prevs = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut key_ids = Vec::with_capacity(n);
+    let mut seals = Vec::with_capacity(n);
+    for row in encoded {
+        seq += 1;
+        let hash = chain::link_hash(&prev, row.body.as_bytes()).to_vec();
+        let c = row.columns;
+        seqs.push(seq);
+        exchange_ids.push(c.exchange_id);
+        session_ids.push(c.session_id);
+        subjects.push(c.subject);
+        starts.push(c.start_ms);
+        models.push(c.model);
+        decisions.push(c.decision);
+        inputs.push(c.input_tokens);
+        outputs.push(c.output_tokens);
+        bodies.push(row.body);
+        let (key_id, seal) = rows::seal(keys, &hash);
+        key_ids.push(key_id);
+        seals.push(seal);
+        prevs.push(std::mem::replace(&mut prev, hash.clone()));
+        hashes.push(hash);
+    }
+    // One statement per table for the whole batch (arrays unnested server-side): the
+    // round trips, not the rows, are what a batch costs.
+    tx.execute(
+        "INSERT INTO contents (hash, bytes)
+         SELECT * FROM unnest($1::text[], $2::bytea[])
+         ON CONFLICT (hash) DO NOTHING",
+        &[&piece_hashes, &piece_bytes],
+    )?;
+    tx.execute(
+        "INSERT INTO records (seq, exchange_id, session_id, subject, start_ms, model,
+            decision, input_tokens, output_tokens, body, prev_hash, hash, key_id, seal)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+            $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[],
+            $11::bytea[], $12::bytea[], $13::text[], $14::bytea[])",
+        &[
+            &seqs,
+            &exchange_ids,
+            &session_ids,
+            &subjects,
+            &starts,
+            &models,
+            &decisions,
+            &inputs,
+            &outputs,
+            &bodies,
+            &prevs,
+            &hashes,
+            &key_ids,
+            &seals,
+        ],
+    )?;
+    tx.execute("UPDATE chain_head SET seq = $1, hash = $2", &[&seq, &prev])?;
+    Ok(())
 }
 
 type Params = Vec<Box<dyn ToSql + Sync>>;
@@ -265,91 +393,22 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(());
         }
-        // Encode before taking the chain lock: other recorders wait only for the inserts.
-        let mut pieces = Vec::new();
-        let encoded: Vec<_> = batch
-            .iter()
-            .map(|stored| rows::encode(stored, &mut pieces))
-            .collect();
-        let mut seen = HashSet::new();
-        let (piece_hashes, piece_bytes): (Vec<String>, Vec<Vec<u8>>) = pieces
-            .into_iter()
-            .filter(|(h, _)| seen.insert(h.clone()))
-            .unzip();
-
+        let encoded = encode_batch(batch);
         let mut client = self.client()?;
         let mut tx = client.transaction()?;
-        let head = tx.query_one("SELECT seq, hash FROM chain_head FOR UPDATE", &[])?;
-        let head_seq: i64 = head.get(0);
-        let mut prev: Vec<u8> = head.get(1);
-        // Numbers continue after the highest row too, so rows someone added by hand cannot
-        // make every later append fail on a duplicate key.
-        let max_seq: i64 = tx
-            .query_one("SELECT coalesce(max(seq), 0) FROM records", &[])?
-            .get(0);
-        let mut seq = head_seq.max(max_seq);
-
-        let n = encoded.len();
-        let mut seqs = Vec::with_capacity(n);
-        let mut exchange_ids = Vec::with_capacity(n);
-        let mut session_ids = Vec::with_capacity(n);
-        let mut subjects = Vec::with_capacity(n);
-        let mut starts = Vec::with_capacity(n);
-        let mut models = Vec::with_capacity(n);
-        let mut decisions = Vec::with_capacity(n);
-        let mut inputs = Vec::with_capacity(n);
-        let mut outputs = Vec::with_capacity(n);
-        let mut bodies = Vec::with_capacity(n);
-        let mut prevs = Vec::with_capacity(n);
-        let mut hashes = Vec::with_capacity(n);
-        for row in encoded {
-            seq += 1;
-            let hash = chain::link_hash(&prev, row.body.as_bytes()).to_vec();
-            let c = row.columns;
-            seqs.push(seq);
-            exchange_ids.push(c.exchange_id);
-            session_ids.push(c.session_id);
-            subjects.push(c.subject);
-            starts.push(c.start_ms);
-            models.push(c.model);
-            decisions.push(c.decision);
-            inputs.push(c.input_tokens);
-            outputs.push(c.output_tokens);
-            bodies.push(row.body);
-            prevs.push(std::mem::replace(&mut prev, hash.clone()));
-            hashes.push(hash);
-        }
-        // One statement per table for the whole batch (arrays unnested server-side): the
-        // round trips, not the rows, are what a batch costs.
-        tx.execute(
-            "INSERT INTO contents (hash, bytes)
-             SELECT * FROM unnest($1::text[], $2::bytea[])
-             ON CONFLICT (hash) DO NOTHING",
-            &[&piece_hashes, &piece_bytes],
-        )?;
-        tx.execute(
-            "INSERT INTO records (seq, exchange_id, session_id, subject, start_ms, model,
-                decision, input_tokens, output_tokens, body, prev_hash, hash)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
-                $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[],
-                $11::bytea[], $12::bytea[])",
-            &[
-                &seqs,
-                &exchange_ids,
-                &session_ids,
-                &subjects,
-                &starts,
-                &models,
-                &decisions,
-                &inputs,
-                &outputs,
-                &bodies,
-                &prevs,
-                &hashes,
-            ],
-        )?;
-        tx.execute("UPDATE chain_head SET seq = $1, hash = $2", &[&seq, &prev])?;
+        append_in(&mut tx, encoded, self.keys.as_deref())?;
         tx.commit()?;
+        Ok(())
+    }
+
+    fn probe_write(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        // A real write and synchronous commit: fails while the server is down, read-only (a
+        // standby) or out of disk.
+        self.client()?.execute(
+            "INSERT INTO meta (key, value) VALUES ('health_probe_ms', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&now_ms.to_string()],
+        )?;
         Ok(())
     }
 
@@ -412,10 +471,10 @@ impl Store for PostgresStore {
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()?;
-        let mut verifier = Verifier::new(purged_before_ms(&mut tx)?);
+        let mut verifier = Verifier::new(purged_before_ms(&mut tx)?, self.keys.as_deref());
         let portal = tx.bind(
             "SELECT seq, exchange_id, session_id, subject, start_ms, model, decision,
-                    input_tokens, output_tokens, body, prev_hash, hash
+                    input_tokens, output_tokens, body, prev_hash, hash, key_id, seal
              FROM records ORDER BY seq",
             &[],
         )?;
@@ -435,7 +494,15 @@ impl Store for PostgresStore {
                     input_tokens: r.get(7),
                     output_tokens: r.get(8),
                 };
-                verifier.record(r.get(0), stored_columns, r.get(9), r.get(10), r.get(11));
+                verifier.record(
+                    r.get(0),
+                    stored_columns,
+                    r.get(9),
+                    r.get(10),
+                    r.get(11),
+                    r.get(12),
+                    r.get(13),
+                );
             }
         }
         let portal = tx.bind("SELECT hash, bytes FROM contents ORDER BY hash", &[])?;
@@ -473,7 +540,8 @@ impl Store for PostgresStore {
         })
     }
 
-    fn purge(&mut self, before_ms: i64) -> Result<PurgeReport, StoreError> {
+    fn purge(&mut self, request: &PurgeRequest) -> Result<PurgeReport, StoreError> {
+        let before_ms = request.before_ms;
         let mut client = self.client()?;
         let mut tx = client.transaction()?;
         // Hold the chain lock: no append may add a reference to a piece between the
@@ -501,6 +569,15 @@ impl Store for PostgresStore {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             &[&horizon.to_string()],
         )?;
+        let bytes_removed: u64 = removed.iter().map(|r| r.get::<_, i32>(0) as u64).sum();
+        let event = rows::purge_event(
+            horizon,
+            removed.len() as u64,
+            bytes_removed,
+            &request.command,
+            request.now_ms,
+        );
+        append_in(&mut tx, encode_batch(std::slice::from_ref(&event)), self.keys.as_deref())?;
         let records_before: i64 = tx
             .query_one(
                 "SELECT count(*) FROM records WHERE start_ms < $1",
@@ -515,7 +592,7 @@ impl Store for PostgresStore {
             purged_before_ms: horizon,
             records_before: records_before as u64,
             pieces_removed: removed.len() as u64,
-            bytes_removed: removed.iter().map(|r| r.get::<_, i32>(0) as u64).sum(),
+            bytes_removed,
         })
     }
 

@@ -9,10 +9,13 @@
 
 use super::{Exchange, StoreError, VerifyReport};
 use crate::chain::{self, ChainRow, Problem};
+use crate::chain_keys::{ChainKeys, SealCheck};
+use crate::record::EnvoyFields;
+use scrim_core::audit::{AuditRecord, Decision};
 use crate::dedup;
 use crate::record::StoredRecord;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Body fields copied into indexed columns.
 #[derive(Debug, PartialEq, Eq)]
@@ -145,27 +148,103 @@ pub(crate) fn retained(start_ms: Option<i64>, purged_before_ms: Option<i64>) -> 
     }
 }
 
+/// The seal columns of a record with chain hash `hash`: `(key id, seal)`, both `None` when
+/// the store has no keys.
+pub(crate) fn seal(keys: Option<&ChainKeys>, hash: &[u8]) -> (Option<String>, Option<Vec<u8>>) {
+    match keys {
+        Some(keys) => {
+            let (id, seal) = keys.seal(hash);
+            (Some(id), Some(seal))
+        }
+        None => (None, None),
+    }
+}
+
+/// The `reason` of the chain event a purge appends; with [`PURGE_ENDPOINT`] and the method
+/// `PURGE` (which no filter record carries) it marks the record as the recorder's own.
+pub(crate) const PURGE_EVENT: &str = "retention.purged";
+const PURGE_ENDPOINT: &str = "/recorder/purge";
+
+/// The chain event recording a purge: up to when, what went, by which command.
+pub(crate) fn purge_event(
+    horizon_ms: i64,
+    pieces_removed: u64,
+    bytes_removed: u64,
+    command: &str,
+    now_ms: i64,
+) -> StoredRecord {
+    // The horizon is in the id, inside the body the chain covers: the event's request detail
+    // is a content piece, which a later purge may remove.
+    let id = format!("{PURGE_ID_PREFIX}{horizon_ms}-at-{now_ms}-{}", std::process::id());
+    StoredRecord {
+        record: AuditRecord {
+            reason: Some(PURGE_EVENT.into()),
+            request: Some(serde_json::json!({
+                "purged_before_ms": horizon_ms,
+                "pieces_removed": pieces_removed,
+                "bytes_removed": bytes_removed,
+                "command": command,
+            })),
+            ..AuditRecord::new(id.clone(), "recorder:retention", "PURGE", PURGE_ENDPOINT, Decision::Allowed)
+        },
+        envoy: EnvoyFields {
+            start_time_ms: Some(now_ms),
+            request_id: Some(id),
+            ..Default::default()
+        },
+    }
+}
+
+const PURGE_ID_PREFIX: &str = "evt-purge-before-";
+
+/// The horizon a record body declares when it is a purge event (read from its id).
+fn purge_horizon(body: &Value) -> Option<i64> {
+    let r = body.get("record")?;
+    let is_event = r.get("reason")?.as_str()? == PURGE_EVENT
+        && r.get("endpoint")?.as_str()? == PURGE_ENDPOINT
+        && r.get("method")?.as_str()? == "PURGE";
+    if !is_event {
+        return None;
+    }
+    r.get("exchange_id")?
+        .as_str()?
+        .strip_prefix(PURGE_ID_PREFIX)?
+        .split_once("-at-")?
+        .0
+        .parse()
+        .ok()
+}
+
 /// Collects rows and pieces in chain order and builds the [`VerifyReport`].
 #[derive(Default)]
 pub(crate) struct Verifier {
     rows: Vec<ChainRow>,
-    /// References of records inside the retention period: these pieces must exist.
-    required: Vec<String>,
+    /// Each record's start time and references: those of records inside the retention period
+    /// (known once the chain's purge events are all read) must exist.
+    references: Vec<(Option<i64>, Vec<String>)>,
     /// Present pieces and the references inside them.
     pieces: HashMap<String, Vec<String>>,
     problems: Vec<Problem>,
-    purged_before_ms: Option<i64>,
+    /// The horizon kept outside the chain (`meta`), checked against the chain's events.
+    meta_purged_before_ms: Option<i64>,
+    /// The latest horizon of the chain's purge events.
+    chain_purged_before_ms: Option<i64>,
+    keys: Option<ChainKeys>,
+    /// Records with a valid seal, per key id.
+    sealed_by: BTreeMap<String, u64>,
 }
 
 impl Verifier {
-    pub fn new(purged_before_ms: Option<i64>) -> Self {
+    pub fn new(meta_purged_before_ms: Option<i64>, keys: Option<&ChainKeys>) -> Self {
         Verifier {
-            purged_before_ms,
+            meta_purged_before_ms,
+            keys: keys.cloned(),
             ..Verifier::default()
         }
     }
 
     /// One record row, in sequence order, with the columns as stored.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &mut self,
         seq: i64,
@@ -173,23 +252,36 @@ impl Verifier {
         body: &str,
         prev_hash: Vec<u8>,
         hash: Vec<u8>,
+        key_id: Option<String>,
+        seal: Option<Vec<u8>>,
     ) {
         let hash_ok = chain::link_hash(&prev_hash, body.as_bytes()).as_slice() == hash.as_slice();
         let columns_ok = match serde_json::from_str::<Value>(body) {
             Ok(v) => {
-                if retained(stored_columns.start_ms, self.purged_before_ms) {
-                    dedup::references(&v, &mut self.required);
+                let mut refs = Vec::new();
+                dedup::references(&v, &mut refs);
+                self.references.push((stored_columns.start_ms, refs));
+                if let Some(h) = purge_horizon(&v) {
+                    self.chain_purged_before_ms = Some(self.chain_purged_before_ms.map_or(h, |c| c.max(h)));
                 }
                 Columns::of(&v) == stored_columns
             }
             Err(_) => false,
         };
+        let seal = match &self.keys {
+            None => SealCheck::NotChecked,
+            Some(keys) => keys.check(key_id.as_deref(), seal.as_deref(), &hash),
+        };
+        if let SealCheck::Valid { key_id } = &seal {
+            *self.sealed_by.entry(key_id.clone()).or_default() += 1;
+        }
         self.rows.push(ChainRow {
             seq,
             exchange_id: stored_columns.exchange_id,
             prev_hash,
             hash,
             body_intact: hash_ok && columns_ok,
+            seal,
         });
     }
 
@@ -207,11 +299,23 @@ impl Verifier {
 
     pub fn finish(self) -> VerifyReport {
         let mut problems = chain::walk(&self.rows);
+        // Only purges the chain records count: a horizon raised outside it is tampering.
+        let horizon = self.chain_purged_before_ms;
+        if let Some(meta) = self.meta_purged_before_ms {
+            if horizon.is_none_or(|h| meta > h) {
+                problems.push(Problem::PurgeOutsideChain { meta_ms: meta, chain_ms: horizon });
+            }
+        }
         problems.extend(self.problems);
         // Walk from the retained records through present pieces; a piece they reach that is
         // absent was deleted, not purged (purge only removes what no retained record reaches).
         let mut seen = HashSet::new();
-        let mut stack = self.required;
+        let mut stack: Vec<String> = self
+            .references
+            .into_iter()
+            .filter(|(start, _)| retained(*start, horizon))
+            .flat_map(|(_, refs)| refs)
+            .collect();
         let mut missing = Vec::new();
         while let Some(hash) = stack.pop() {
             if !seen.insert(hash.clone()) {
@@ -232,7 +336,10 @@ impl Verifier {
             records: self.rows.len() as u64,
             content_pieces: self.pieces.len() as u64,
             head: self.rows.last().map(|r| (r.seq, dedup::hex(&r.hash))),
-            purged_before_ms: self.purged_before_ms,
+            purged_before_ms: horizon,
+            first_bad_seq: problems.iter().filter_map(Problem::seq).min(),
+            seals_checked: self.keys.is_some(),
+            sealed_by: self.sealed_by,
             problems,
         }
     }

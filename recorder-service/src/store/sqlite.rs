@@ -10,17 +10,19 @@
 use super::rows::{self, Columns, Verifier};
 use super::{
     Document,
-    Exchange, ExchangeFilter, PurgeReport, QueryLogEntry, SessionQuery, SessionSummary,
+    Exchange, ExchangeFilter, PurgeReport, PurgeRequest, QueryLogEntry, SessionQuery, SessionSummary,
     StorageUsage, Store, StoreError, UserUsage, VerifyReport,
 };
 use crate::chain;
+use crate::chain_keys::ChainKeys;
 use crate::dedup;
 use crate::record::StoredRecord;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
+use std::sync::Arc;
 
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +38,9 @@ CREATE TABLE IF NOT EXISTS records (
     output_tokens INTEGER NOT NULL,
     body TEXT NOT NULL,
     prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
+    hash BLOB NOT NULL,
+    key_id TEXT,
+    seal BLOB
 );
 CREATE INDEX IF NOT EXISTS records_by_session ON records (session_id, seq);
 CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, start_ms);
@@ -70,6 +74,8 @@ CREATE TABLE IF NOT EXISTS contents (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL)
 /// The SQLite backend of [`Store`].
 pub struct SqliteStore {
     conn: Connection,
+    /// Seal appends and check seals in `verify`; `None`: plain hashes only.
+    keys: Option<Arc<ChainKeys>>,
 }
 
 impl SqliteStore {
@@ -95,6 +101,16 @@ impl SqliteStore {
                 )?;
             }
             Some(v) if v == SCHEMA_VERSION => {}
+            // Version 1 had no seal columns; its records stay unsealed (verify names them).
+            Some(v) if v == "1" => {
+                conn.execute_batch(
+                    "BEGIN IMMEDIATE;
+                     ALTER TABLE records ADD COLUMN key_id TEXT;
+                     ALTER TABLE records ADD COLUMN seal BLOB;
+                     UPDATE meta SET value = '2' WHERE key = 'schema';
+                     COMMIT;",
+                )?;
+            }
             Some(v) => {
                 return Err(StoreError::SchemaVersion {
                     found: v,
@@ -102,7 +118,13 @@ impl SqliteStore {
                 })
             }
         }
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore { conn, keys: None })
+    }
+
+    /// Seals every appended record with `keys` and checks seals in `verify`.
+    pub fn with_chain_keys(mut self, keys: Option<Arc<ChainKeys>>) -> Self {
+        self.keys = keys;
+        self
     }
 
     fn load_piece(&self, hash: &str) -> Option<Vec<u8>> {
@@ -194,6 +216,57 @@ fn filter_sql(filter: &ExchangeFilter) -> (String, Vec<SqlValue>) {
     }
 }
 
+/// Appends `batch` to the chain inside `tx`, which must hold the write lock.
+fn append_in(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[StoredRecord],
+    keys: Option<&ChainKeys>,
+) -> Result<(), StoreError> {
+    let mut prev: Vec<u8> = tx
+        .query_row(
+            "SELECT hash FROM records ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_else(|| chain::GENESIS.to_vec());
+    let mut put_piece =
+        tx.prepare_cached("INSERT OR IGNORE INTO contents (hash, bytes) VALUES (?1, ?2)")?;
+    let mut put_record = tx.prepare_cached(
+        "INSERT INTO records (exchange_id, session_id, subject, start_ms, model, decision,
+           input_tokens, output_tokens, body, prev_hash, hash, key_id, seal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    let mut pieces = Vec::new();
+    for stored in batch {
+        pieces.clear();
+        let row = rows::encode(stored, &mut pieces);
+        for (hash, bytes) in &pieces {
+            put_piece.execute(params![hash, bytes])?;
+        }
+        let (c, body) = (row.columns, row.body);
+        let hash = chain::link_hash(&prev, body.as_bytes()).to_vec();
+        let (key_id, seal) = rows::seal(keys, &hash);
+        put_record.execute(params![
+            c.exchange_id,
+            c.session_id,
+            c.subject,
+            c.start_ms,
+            c.model,
+            c.decision,
+            c.input_tokens,
+            c.output_tokens,
+            body,
+            prev,
+            hash,
+            key_id,
+            seal
+        ])?;
+        prev = hash;
+    }
+    Ok(())
+}
+
 /// Distinct names from `json_group_array(DISTINCT x)`, sorted, without nulls.
 /// One session summary from a row of the two listing queries, which select the same columns
 /// in the same order.
@@ -234,47 +307,22 @@ impl Store for SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut prev: Vec<u8> = tx
-                .query_row(
-                    "SELECT hash FROM records ORDER BY seq DESC LIMIT 1",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .unwrap_or_else(|| chain::GENESIS.to_vec());
-            let mut put_piece =
-                tx.prepare_cached("INSERT OR IGNORE INTO contents (hash, bytes) VALUES (?1, ?2)")?;
-            let mut put_record = tx.prepare_cached(
-                "INSERT INTO records (exchange_id, session_id, subject, start_ms, model, decision,
-                   input_tokens, output_tokens, body, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            let mut pieces = Vec::new();
-            for stored in batch {
-                pieces.clear();
-                let row = rows::encode(stored, &mut pieces);
-                for (hash, bytes) in &pieces {
-                    put_piece.execute(params![hash, bytes])?;
-                }
-                let (c, body) = (row.columns, row.body);
-                let hash = chain::link_hash(&prev, body.as_bytes()).to_vec();
-                put_record.execute(params![
-                    c.exchange_id,
-                    c.session_id,
-                    c.subject,
-                    c.start_ms,
-                    c.model,
-                    c.decision,
-                    c.input_tokens,
-                    c.output_tokens,
-                    body,
-                    prev,
-                    hash
-                ])?;
-                prev = hash;
-            }
-        }
+        append_in(&tx, batch, self.keys.as_deref())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn probe_write(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        // A real write and commit (journal and fsync included): fails on a read-only or full
+        // filesystem, or when another process holds the write lock past the busy timeout.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('health_probe_ms', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [now_ms.to_string()],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -314,10 +362,10 @@ impl Store for SqliteStore {
     }
 
     fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let mut verifier = Verifier::new(Self::purged_before_ms(&self.conn)?);
+        let mut verifier = Verifier::new(Self::purged_before_ms(&self.conn)?, self.keys.as_deref());
         let mut stmt = self.conn.prepare(
             "SELECT seq, exchange_id, session_id, subject, start_ms, model, decision,
-                    input_tokens, output_tokens, body, prev_hash, hash
+                    input_tokens, output_tokens, body, prev_hash, hash, key_id, seal
              FROM records ORDER BY seq",
         )?;
         let mut q = stmt.query([])?;
@@ -333,7 +381,15 @@ impl Store for SqliteStore {
                 output_tokens: r.get(8)?,
             };
             let body: String = r.get(9)?;
-            verifier.record(r.get(0)?, stored_columns, &body, r.get(10)?, r.get(11)?);
+            verifier.record(
+                r.get(0)?,
+                stored_columns,
+                &body,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+                r.get(13)?,
+            );
         }
         let mut stmt = self
             .conn
@@ -365,7 +421,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn purge(&mut self, before_ms: i64) -> Result<PurgeReport, StoreError> {
+    fn purge(&mut self, request: &PurgeRequest) -> Result<PurgeReport, StoreError> {
+        let before_ms = request.before_ms;
         // Overwrite deleted content with zeros instead of leaving it in free pages.
         self.conn.pragma_update(None, "secure_delete", "ON")?;
         // Immediate: no append may add a reference to a piece between the reachability walk
@@ -418,6 +475,15 @@ impl Store for SqliteStore {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [horizon.to_string()],
         )?;
+        let bytes_removed: u64 = removed.iter().map(|(_, n)| *n as u64).sum();
+        let event = rows::purge_event(
+            horizon,
+            removed.len() as u64,
+            bytes_removed,
+            &request.command,
+            request.now_ms,
+        );
+        append_in(&tx, std::slice::from_ref(&event), self.keys.as_deref())?;
         let records_before: i64 = tx.query_row(
             "SELECT count(*) FROM records WHERE start_ms < ?1",
             [horizon],
@@ -428,7 +494,7 @@ impl Store for SqliteStore {
             purged_before_ms: horizon,
             records_before: records_before as u64,
             pieces_removed: removed.len() as u64,
-            bytes_removed: removed.iter().map(|(_, n)| *n as u64).sum(),
+            bytes_removed,
         })
     }
     fn find_sessions(
