@@ -10,7 +10,8 @@
 //!   inside a session id shared with someone else.
 //! - Every request under `/v1/` (refused ones too) becomes a query-log row before it is
 //!   answered; when that row cannot be written the query is not answered (fail closed).
-//!   `/healthz` is not logged: probes would drown the log.
+//!   `/healthz` is not logged: probes would drown the log. It answers 200 only after a
+//!   successful write to the store ([`crate::store::Store::probe_write`]).
 //! - [`ApiError`] is this boundary's error; its `IntoResponse` is the one place that maps
 //!   errors to statuses and the Anthropic error shape (token errors through the core's
 //!   [`Refusal`], so the gateway and the recorder refuse a token the same way).
@@ -508,9 +509,12 @@ async fn guarded(api: Api, mut request: Request, next: Next, need_group: bool) -
     }
 }
 
+/// `200` only when the store can write now: the filter's `audit.required` asks this before
+/// serving, so a store that answers reads but cannot commit (read-only or full disk, database
+/// down) stops new exchanges instead of losing their records.
 async fn healthz(State(api): State<Api>) -> Response {
-    // An indexed lookup: proves the store answers without scanning anything.
-    match api.0.pool.run(|s| s.exchange("")).await {
+    let now = now_ms();
+    match api.0.pool.run(move |s| s.probe_write(now)).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
             log::warn!("health check: {e}");

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub struct PgServer {
     port: u16,
     dir: PathBuf,
+    bin: PathBuf,
     // Held until exit: its stdin is the pipe whose closing stops the server.
     _supervisor: Mutex<Child>,
 }
@@ -95,6 +96,11 @@ fn run(mut cmd: Command, what: &str) {
 }
 
 impl PgServer {
+    /// A server of the caller's own (not the shared one), for tests that stop and restart it.
+    pub fn start_own() -> PgServer {
+        PgServer::start()
+    }
+
     fn start() -> PgServer {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
@@ -119,12 +125,14 @@ impl PgServer {
         let port = free_port();
         let log = dir.join("server.log");
         // The shell runs the server, then waits for its standard input to close (this process
-        // exiting, however it exits), then stops the server (fast shutdown) and removes it all.
+        // exiting, however it exits), then stops the server (fast shutdown; `pg_ctl`, so a
+        // server restarted by `start_again` stops too) and removes it all.
         let script = format!(
             "'{postgres}' -D '{data}' -k '{dir}' -p {port} -c listen_addresses=127.0.0.1 \
-               >'{log}' 2>&1 & pid=$!; \
-             read _; kill -INT $pid; wait $pid; rm -rf '{dir}'",
+               >'{log}' 2>&1 & \
+             read _; '{pg_ctl}' -D '{data}' -m fast -w stop >/dev/null 2>&1; rm -rf '{dir}'",
             postgres = bin.join("postgres").display(),
+            pg_ctl = bin.join("pg_ctl").display(),
             data = data.display(),
             dir = dir.display(),
             log = log.display(),
@@ -138,6 +146,7 @@ impl PgServer {
         let server = PgServer {
             port,
             dir,
+            bin: bin.clone(),
             _supervisor: Mutex::new(supervisor),
         };
         server.wait_ready(&bin, &log);
@@ -166,6 +175,31 @@ impl PgServer {
             // Polling interval, not synchronisation: readiness is decided by pg_isready.
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected) and waits until it is gone.
+    pub fn stop(&self) {
+        let mut stop = as_server_user(&self.bin.join("pg_ctl"));
+        stop.arg("-D").arg(self.dir.join("data")).args(["-m", "fast", "-w", "stop"]);
+        run(stop, "pg_ctl stop");
+    }
+
+    /// Starts the stopped server again on the same port and data, ready when this returns.
+    pub fn start_again(&self) {
+        let mut start = as_server_user(&self.bin.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-o")
+            .arg(format!("-k {} -p {} -c listen_addresses=127.0.0.1", self.dir.display(), self.port))
+            .arg("-l")
+            .arg(self.dir.join("server-again.log"))
+            .args(["-w", "start"]);
+        // pg_ctl's daemonised server keeps inherited pipes open: give it none.
+        start.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let status = start.status().expect("run pg_ctl start");
+        assert!(status.success(), "pg_ctl start failed");
+        self.wait_ready(&self.bin, &self.dir.join("server-again.log"));
     }
 
     pub fn port(&self) -> u16 {
