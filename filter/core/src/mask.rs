@@ -9,6 +9,9 @@
 //!    rules), just past `end_marker` (multi-line rules), `s + max_len`, the end of the text.
 //!    The window's end acts as the end of the text (`$`, `\z`); bytes before the window are
 //!    visible as context (`\b`). The first match that contains `s` is the candidate;
+//!    occurrences of a rule are taken in order of start, and one that starts inside the match
+//!    of an earlier evaluated occurrence of the same rule (whether that match became a
+//!    candidate or failed step 3) is not evaluated: that text was already read as one value;
 //! 3. the candidate's secret (its capture group, widened to whole UTF-8 characters) must be
 //!    non-empty, pass the entropy floor and the allowlist, and must not contain the
 //!    placeholder's fixed text (so masking twice changes nothing);
@@ -17,11 +20,26 @@
 //!
 //! Limit: a secret is only found inside a window, so a value longer than its rule's
 //! `max_len` is masked only as far as the rule's regex reaches inside the window.
+//!
+//! Cost: the skip in step 2 is what keeps masking linear. Without it a keyword repeated
+//! inside its own rule's match (`sessiontoken=` repeated: every copy starts a 2000-byte match
+//! that fails the entropy floor) cost a regex search over the whole match per copy
+//! (0.1 MB/s). Its limit: a secret that starts with its own rule's keyword *inside* a value
+//! already matched by that rule is judged only as part of that value. Keyword occurrences
+//! are scanned and evaluated in chunks of [`SCAN_CHUNK`] bytes, so the memory they take is
+//! bounded however dense they are (a run of `A` holds a keyword at every byte).
 
 use crate::rules::RuleSet;
 use crate::stream_mask::{may_start, Walk};
 use regex_automata::{Anchored, Input};
 use std::borrow::Cow;
+
+/// Bytes of text scanned for keywords before the occurrences found in them are evaluated:
+/// bounds the occurrences held at once (a keyword can occur at every byte).
+const SCAN_CHUNK: usize = 16 * 1024;
+
+/// Single-lane step while the keyword automaton is away from its start between chunks.
+const RESYNC_STEP: usize = 64;
 
 /// Result of masking a text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +88,9 @@ pub(crate) struct Scratch {
     state: u32,
     candidates: Vec<Candidate>,
     pub(crate) spans: Vec<Span>,
+    /// Per rule (without `before`): the end of the last match an occurrence of it had;
+    /// occurrences of the rule starting before it are not evaluated.
+    skip_until: Vec<usize>,
 }
 
 impl Scratch {
@@ -89,6 +110,9 @@ impl Scratch {
                 walk.rebase(drained);
             }
         }
+        for e in &mut self.skip_until {
+            *e = e.saturating_sub(drained);
+        }
         self.scanned_from = decided - drained;
         self.scanned_to = len_after;
     }
@@ -99,6 +123,7 @@ impl Scratch {
         self.scanned_from = 0;
         self.scanned_to = 0;
         self.state = 0;
+        self.skip_until.fill(0);
     }
 }
 
@@ -188,24 +213,83 @@ impl RuleSet {
         let bytes = hay.as_bytes();
         let len = bytes.len();
         let mut limit = len;
-        let Scratch { occurrences, scanned_from, scanned_to, state, candidates, spans } = scratch;
+        let Scratch { occurrences, scanned_from, scanned_to, state, candidates, spans, skip_until } = scratch;
         candidates.clear();
         spans.clear();
+        if skip_until.len() != self.rules.len() {
+            skip_until.clear();
+            skip_until.resize(self.rules.len(), 0);
+        }
         // Occurrences already found (see `Scratch`): only the bytes after `scanned_to` are
         // new, and the automaton goes on from its state there.
         let keywords = &self.keywords;
         if scan_from < *scanned_from || *scanned_to > len || *scanned_to < scan_from {
             occurrences.clear();
+            skip_until.fill(0);
             *scanned_to = scan_from;
             *state = keywords.start();
         }
         occurrences.retain(|o| o.start >= scan_from);
-        *state = keywords.scan(*state, bytes, *scanned_to, |s, rule| {
-            if s >= scan_from {
-                occurrences.push(Occurrence::new(s, rule));
-            }
-        });
+        let mut pos = *scanned_to;
         (*scanned_from, *scanned_to) = (scan_from, len);
+
+        // The keyword scan and the evaluation of occurrences go chunk by chunk, so that the
+        // occurrences held at once stay within a chunk's worth (a run of one character can
+        // hold a keyword at every byte), and in order of start, which the per-rule skip needs
+        // (`skip_until`: an occurrence inside the match of an earlier occurrence of the same
+        // rule is not evaluated; see the module doc). `occurrences[..done]` were evaluated by
+        // this plan.
+        let mut rescan_from = usize::MAX;
+        let mut done = 0;
+        loop {
+            let end = if len - pos > SCAN_CHUNK { pos + SCAN_CHUNK } else { len };
+            let mut found = |s: usize, rule: u32| {
+                if s >= scan_from {
+                    occurrences.push(Occurrence::new(s, rule));
+                }
+            };
+            // Two lanes need the automaton at its start: get there in small single-lane steps
+            // (in text it is back within a few bytes; in a run of a keyword's bytes it may
+            // never be, and one lane does the whole chunk).
+            while *state != keywords.start() && end - pos > 2 * RESYNC_STEP {
+                *state = keywords.scan(*state, &bytes[..pos + RESYNC_STEP], pos, &mut found);
+                pos += RESYNC_STEP;
+            }
+            *state = keywords.scan(*state, &bytes[..end], pos, &mut found);
+            pos = end;
+            let last = end == len;
+            // Every occurrence starting before `found_before` has been found: one found later
+            // ends past `end`, so it starts at most `max_keyword_len - 1` bytes before that.
+            // At the end of an unfinished buffer, one found later starts where a keyword may
+            // be arriving: at or after the start of the longest keyword prefix the text ends
+            // with (`held_after`).
+            let found_before = (end + 1).saturating_sub(self.max_keyword_len);
+            let held_after = if last && !finished { len - keywords.depth(*state) } else { usize::MAX };
+            // The scan reports occurrences in no particular order (two lanes, keywords of
+            // several lengths), but nearly sorted: this costs little.
+            occurrences[done..].sort_by_key(|o| o.start);
+            let settled = if last {
+                occurrences.len()
+            } else {
+                done + occurrences[done..].partition_point(|o| o.start < found_before)
+            };
+            let mut kept = done;
+            for i in done..settled {
+                let occ = &mut occurrences[i];
+                self.evaluate(hay, occ, seg_start, finished, held_after, skip_until, candidates, &mut limit, &mut rescan_from);
+                // An occurrence without a candidate is done with for good.
+                if !matches!(occ.decided, Some(None)) {
+                    occurrences.swap(kept, i);
+                    kept += 1;
+                }
+            }
+            occurrences.drain(kept..settled);
+            done = kept;
+            if last {
+                break;
+            }
+        }
+
         // Longest keyword prefix the text ends with: a keyword still arriving starts no
         // earlier than that.
         let arriving_from = len - keywords.depth(*state);
@@ -243,48 +327,6 @@ impl RuleSet {
             }
         }
 
-        let mut rescan_from = usize::MAX;
-        for occ in occurrences.iter_mut() {
-            if let Some(decided) = occ.decided {
-                candidates.extend(decided.filter(|c| c.start >= seg_start));
-                continue;
-            }
-            let (s, r) = (occ.start, occ.rule);
-            let rule = &self.rules[r as usize];
-            let win_start = s.saturating_sub(rule.before);
-            let cap = s + rule.max_len;
-            let scan_end = cap.min(len);
-            let stop = if rule.multiline {
-                // The end marker may straddle what was searched before.
-                let from = occ.searched_to.saturating_sub(self.max_end_marker_len).max(s);
-                rule.end_finder.as_ref().and_then(|f| f.find(&bytes[from..scan_end]).map(|m| from + m.end()))
-            } else {
-                memchr::memchr(b'\n', &bytes[occ.searched_to..scan_end]).map(|p| occ.searched_to + p)
-            };
-            occ.searched_to = scan_end;
-            let win_end = match stop {
-                Some(e) => e,
-                None if cap <= len => cap,
-                None if finished => len,
-                None => {
-                    // The window is still growing. If its rule can no longer match at any
-                    // start a candidate could have (`win_start..=s`, see `candidate`), the
-                    // occurrence has no candidate whatever follows: decided now, as the
-                    // whole window will show.
-                    if !may_start(rule, bytes, win_start, s, &mut occ.walk) {
-                        occ.decided = Some(None);
-                        continue;
-                    }
-                    // Otherwise nothing from the window's start on is final yet.
-                    limit = limit.min(win_start);
-                    rescan_from = rescan_from.min(s);
-                    continue;
-                }
-            };
-            let c = self.candidate(hay, r, s, win_start, win_end);
-            occ.decided = Some(c);
-            candidates.extend(c.filter(|c| c.start >= seg_start));
-        }
         let limit = floor_char(hay, limit.max(seg_start));
 
         candidates.sort_unstable_by_key(|c| (c.start, std::cmp::Reverse(c.end), c.rule));
@@ -314,12 +356,101 @@ impl RuleSet {
         Plan { cut, rescan_from: rescan_from.min(cut) }
     }
 
-    /// The candidate secret of rule `r` for the keyword occurrence at `s`, if any.
-    fn candidate(&self, hay: &str, r: u32, s: usize, win_start: usize, win_end: usize) -> Option<Candidate> {
+    /// Evaluates one keyword occurrence (see [`Self::plan`]): a decision made earlier is
+    /// taken as it stands; else the occurrence is skipped (inside the match of an earlier
+    /// occurrence of its rule), held (its window is still open, or an occurrence of its rule
+    /// starting earlier may still arrive: it starts after `held_after`), or decided
+    /// now, adding its candidate.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        hay: &str,
+        occ: &mut Occurrence,
+        seg_start: usize,
+        finished: bool,
+        held_after: usize,
+        skip_until: &mut [usize],
+        candidates: &mut Vec<Candidate>,
+        limit: &mut usize,
+        rescan_from: &mut usize,
+    ) {
+        if let Some(decided) = occ.decided {
+            candidates.extend(decided.filter(|c| c.start >= seg_start));
+            return;
+        }
+        let bytes = hay.as_bytes();
+        let len = bytes.len();
+        let (s, r) = (occ.start, occ.rule);
         let rule = &self.rules[r as usize];
-        let window = &hay.as_bytes()[..win_end];
+        if rule.before == 0 && s < skip_until[r as usize] {
+            occ.decided = Some(None);
+            return;
+        }
+        let win_start = s.saturating_sub(rule.before);
+        let cap = s + rule.max_len;
+        let scan_end = cap.min(len);
+        let stop = if rule.multiline {
+            // The end marker may straddle what was searched before.
+            let from = occ.searched_to.saturating_sub(self.max_end_marker_len).max(s);
+            rule.end_finder.as_ref().and_then(|f| f.find(&bytes[from..scan_end]).map(|m| from + m.end()))
+        } else {
+            memchr::memchr(b'\n', &bytes[occ.searched_to..scan_end]).map(|p| occ.searched_to + p)
+        };
+        let win_end = match stop {
+            Some(e) => e,
+            None if cap <= len => cap,
+            None if finished => len,
+            None => {
+                occ.searched_to = scan_end;
+                // The window is still growing. If its rule can no longer match at any start
+                // a candidate could have (`win_start..=s`, see `candidate`), the occurrence
+                // has no candidate whatever follows: decided now, as the whole window will
+                // show (and having no match, it makes no later occurrence skip).
+                if !may_start(rule, bytes, win_start, s, &mut occ.walk) {
+                    occ.decided = Some(None);
+                    return;
+                }
+                // Otherwise nothing from the window's start on is final yet.
+                *limit = (*limit).min(win_start);
+                *rescan_from = (*rescan_from).min(s);
+                return;
+            }
+        };
+        if rule.before == 0 && s > held_after {
+            // A longer keyword of the same rule around this one may still be arriving; its
+            // occurrence starts earlier and must be evaluated first. (`searched_to` stays:
+            // the window's end found now is found again then.)
+            *limit = (*limit).min(win_start);
+            *rescan_from = (*rescan_from).min(s);
+            return;
+        }
+        let (c, match_end) = self.candidate(hay, r, s, win_start, win_end);
+        if rule.before == 0 {
+            if let Some(e) = match_end {
+                skip_until[r as usize] = skip_until[r as usize].max(e);
+            }
+        }
+        occ.decided = Some(c);
+        candidates.extend(c.filter(|c| c.start >= seg_start));
+    }
+
+    /// The candidate secret of rule `r` for the keyword occurrence at `s`, if any, and (for
+    /// a rule without `before`) the end of the occurrence's match, accepted or not.
+    fn candidate(&self, hay: &str, r: u32, s: usize, win_start: usize, win_end: usize) -> (Option<Candidate>, Option<usize>) {
+        let m = match self.find_match(r, hay.as_bytes(), s, win_start, win_end) {
+            Some(m) => m,
+            None => return (None, None),
+        };
+        (self.accept(hay, r, s, win_end, m), Some(m.end()))
+    }
+
+    /// The match of rule `r` that gives occurrence `s` its candidate: the first in the window
+    /// that contains `s`.
+    fn find_match(&self, r: u32, bytes: &[u8], s: usize, win_start: usize, win_end: usize) -> Option<regex_automata::Match> {
+        let rule = &self.rules[r as usize];
+        let window = &bytes[..win_end];
         let from = |at: usize| Input::new(window).span(at..win_end);
-        let m = if rule.before == 0 {
+        Some(if rule.before == 0 {
             // The match must contain `s` and start in `win_start..=s`, that is at `s`: one
             // anchored search, which stops where the regex cannot go on, rather than a
             // search for a match anywhere up to the window's end.
@@ -344,12 +475,19 @@ impl RuleSet {
                     return None;
                 }
             }
-        };
+        })
+    }
+
+    /// The candidate of occurrence `s` from its match `m`: the rule's secret group, if it
+    /// passes the rule's checks.
+    fn accept(&self, hay: &str, r: u32, s: usize, win_end: usize, m: regex_automata::Match) -> Option<Candidate> {
+        let rule = &self.rules[r as usize];
         let (a, b) = if rule.group == 0 {
             (m.start(), m.end())
         } else {
             let mut caps = rule.regex.create_captures();
-            rule.regex.search_captures(&from(m.start()).anchored(Anchored::Yes), &mut caps);
+            let input = Input::new(&hay.as_bytes()[..win_end]).span(m.start()..win_end);
+            rule.regex.search_captures(&input.anchored(Anchored::Yes), &mut caps);
             let g = caps.get_group(rule.group)?;
             (g.start, g.end)
         };

@@ -381,6 +381,34 @@ mod tests {
         }
     }
 
+    // Regression: inputs that made masking superlinear (a run of one character holding a
+    // keyword at every byte; keywords repeated inside their own rule's match) still stream
+    // exactly like one-shot masking, and a secret after them is still found.
+    #[test]
+    fn adversarial_floods_stream_like_one_shot() {
+        let secret = expand_example(" ghp_{{fake:alnum:36}}\n");
+        let floods = [
+            "A".repeat(2000),
+            "sessiontoken=".repeat(200),
+            "fm2_=".repeat(300),
+            "glpat-".repeat(300),
+            "-us".repeat(600),
+            "-----BEGIN PRIVATE KEY-----\n".repeat(80),
+            "password=".repeat(200),
+        ];
+        for flood in floods {
+            let text = format!("{flood}{secret}{flood}");
+            let want = builtin().mask(&text).text.into_owned();
+            assert!(want.contains("[REDACTED:github-pat]"), "{:?}", &flood[..20]);
+            for chunk in [5, 64, 4096] {
+                let bounds = char_splits(&text);
+                let points: Vec<usize> = bounds.iter().copied().step_by(chunk).chain([text.len()]).collect();
+                let chunks: Vec<&str> = points.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+                assert_eq!(stream(&chunks), want, "{:?} in {chunk}-character chunks", &flood[..20]);
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
