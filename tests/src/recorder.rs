@@ -4,7 +4,9 @@
 
 use scrim_recorder::ingest::{serve, Ingest, IngestConfig, IngestStats, SharedStore, StatsSnapshot};
 use scrim_recorder::api::{self, ApiConfig};
+use scrim_recorder::chain_keys::ChainKeys;
 use scrim_recorder::store;
+use scrim_recorder::store::VerifyReport;
 use scrim_recorder::store::{Exchange, SessionQuery, SessionSummary};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ pub struct RecorderOptions {
     pub ingest: IngestConfig,
     /// The bearer token every access-log stream must present (`None`: any stream is taken).
     pub ingest_token: Option<String>,
+    /// Seal records (ingest and the API's review and grant events) with these keys.
+    pub chain_keys: Option<Arc<ChainKeys>>,
 }
 
 pub struct Recorder {
@@ -60,7 +64,8 @@ impl Recorder {
         options: RecorderOptions,
         api: Option<RecorderApi>,
     ) -> Result<Recorder, String> {
-        let store = store::open(db).map_err(|e| format!("recorder store {db}: {e}"))?;
+        let store = store::open_keyed(db, options.chain_keys.clone())
+            .map_err(|e| format!("recorder store {db}: {e}"))?;
         let store: SharedStore = Arc::new(Mutex::new(store));
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let listener = listener.into_std().map_err(|e| e.to_string())?;
@@ -74,6 +79,7 @@ impl Recorder {
             None => None,
         };
         let db_path = db.to_owned();
+        let api_keys = options.chain_keys.clone();
         let mut ingest = Ingest::new(store.clone(), options.ingest);
         if let Some(token) = &options.ingest_token {
             ingest = ingest.with_token(token);
@@ -93,7 +99,8 @@ impl Recorder {
             if let Some((listener, config)) = api {
                 runtime.spawn(async move {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                    let open: api::OpenStore = Arc::new(move || store::open(&db_path));
+                    let open: api::OpenStore =
+                        Arc::new(move || store::open_keyed(&db_path, api_keys.clone()));
                     let api = api::Api::start(config, open).await;
                     let _ = api::serve(listener, api::router(api), std::future::pending()).await;
                 });
@@ -152,6 +159,12 @@ impl Recorder {
     /// What ingest counted since this (re)start: stored, rejected and why.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Walks the chain with the recorder's keys.
+    pub fn verify(&self) -> VerifyReport {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.verify().expect("verify runs")
     }
 
     pub fn sessions(&self) -> Vec<SessionSummary> {

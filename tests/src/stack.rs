@@ -163,7 +163,11 @@ impl Stack {
         };
         // Envoy presents the same token on the access-log stream (initial metadata) as on the
         // review and grant routes; a deployment may hold two (see README, Auditing).
-        let options = RecorderOptions { ingest: opts.recorder, ingest_token: Some(recorder_token.clone()) };
+        let options = RecorderOptions {
+            ingest: opts.recorder,
+            ingest_token: Some(recorder_token.clone()),
+            chain_keys: Some(std::sync::Arc::new(synthetic_chain_keys())),
+        };
         let db = opts.recorder_db.unwrap_or_else(|| run_dir.join("recorder.db").to_string_lossy().into_owned());
         let recorder = Recorder::start_url(recorder_listener, &db, options, Some(api)).await?;
         let recorder_api_port = recorder.api_addr.map(|a| a.port()).unwrap_or(0);
@@ -218,6 +222,12 @@ impl Stack {
             assert!(!log.contains(needle), "envoy log contains `{needle}`:\n{log}");
         }
     }
+}
+
+/// Chain keys made fresh for one run (one key, id `test-1`).
+pub fn synthetic_chain_keys() -> scrim_recorder::chain_keys::ChainKeys {
+    let line = format!("test-1 synthetic-chain-key-{:016x}{:016x}", rand_u64(), rand_u64());
+    scrim_recorder::chain_keys::ChainKeys::parse(&line, "synthetic").expect("synthetic key parses")
 }
 
 /// A random number from the OS, for unique synthetic values.

@@ -73,4 +73,8 @@ async fn forged_entries_without_the_ingest_token_are_refused_while_envoys_are_st
     let stats = stack.recorder.stats();
     assert_eq!(stats.unauthenticated, 2, "{stats:?}");
     assert_eq!(stats.messages, stats.stored, "every message read came from Envoy: {stats:?}");
+    // What Envoy sent is sealed with the recorder's key.
+    let report = stack.recorder.verify();
+    assert!(report.problems.is_empty() && report.seals_checked, "{report:?}");
+    assert_eq!(report.sealed_by.values().sum::<u64>(), report.records, "{report:?}");
 }

@@ -99,7 +99,11 @@ async fn run() -> Result<(), String> {
     };
     // Envoy presents the same token on the access-log stream; nothing else on this machine
     // can add records.
-    let options = RecorderOptions { ingest: IngestConfig::default(), ingest_token: Some(recorder_token.clone()) };
+    let options = RecorderOptions {
+        ingest: IngestConfig::default(),
+        ingest_token: Some(recorder_token.clone()),
+        chain_keys: Some(std::sync::Arc::new(chain_keys(&dir)?)),
+    };
     let _recorder = Recorder::start(recorder_listener, &db, options, Some(api)).await?;
 
     let key = service_key()?;
@@ -168,6 +172,17 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// The recorder's chain key: made at first start, kept in the run folder (`chain-keys`, the
+/// file `--chain-key-file` takes) so restarts and `verify` agree.
+fn chain_keys(dir: &Path) -> Result<scrim_recorder::chain_keys::ChainKeys, String> {
+    let path = dir.join("chain-keys");
+    if !path.exists() {
+        let line = format!("dev-1 scrim-dev-chain-key-{:016x}{:016x}\n", rand_u64(), rand_u64());
+        std::fs::write(&path, line).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    scrim_recorder::chain_keys::ChainKeys::load(&path).map_err(|e| e.to_string())
+}
+
 /// The token Envoy presents to the recorder's review and grant routes: made at first start,
 /// kept in the run folder so restarts agree.
 fn recorder_token(dir: &Path) -> Result<String, String> {
@@ -202,7 +217,7 @@ Claude Code:
 Every exchange is recorded in {db} (tamper-evident); for auditors:
   cargo run -q -p scrim-recorder -- --db {db} sessions list
   cargo run -q -p scrim-recorder -- --db {db} replay <session-id>
-  cargo run -q -p scrim-recorder -- --db {db} verify
+  cargo run -q -p scrim-recorder -- --db {db} --chain-key-file {keys} verify
   AUDITOR=$(make -s token SUB=carol GROUPS=auditors | tail -n1)
   curl -s http://127.0.0.1:{audit}/v1/sessions -H \"authorization: Bearer $AUDITOR\"
 
@@ -213,6 +228,7 @@ Requests held by approval rules (policy.approval) wait for an approver:
 Ctrl-C stops everything.",
         idp = dir.join("idp").display(),
         logs = dir.join("logs").display(),
+        keys = dir.join("chain-keys").display(),
         db = db.display(),
         audit = audit_api_port,
     );
