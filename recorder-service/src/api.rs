@@ -576,10 +576,16 @@ fn params(q: Result<Query<FilterParams>, QueryRejection>) -> Result<FilterParams
         .map_err(|e| ApiError::BadRequest(format!("query parameters: {}", e.body_text())))
 }
 
-/// Whether `caller` may see this exchange.
+/// Whether `caller` may see this exchange: an auditor, or the same subject *of the same
+/// issuer* (two identity providers may both have a user `alice`).
 fn visible(caller: &Caller, ex: &Exchange) -> bool {
     caller.auditor
-        || ex.stored.record.user.as_ref().map(|u| u.subject.as_str()) == Some(&caller.subject)
+        || ex
+            .stored
+            .record
+            .user
+            .as_ref()
+            .is_some_and(|u| u.subject == caller.subject && u.issuer == caller.issuer)
 }
 
 #[derive(Serialize)]
