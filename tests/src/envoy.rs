@@ -141,6 +141,7 @@ pub fn render(opts: &EnvoyOptions) -> Result<String, String> {
         ("FILTER_CONFIG_JSON", yaml_string(&config_json)),
         ("WASM_PATH", yaml_string(&paths::filter_wasm().to_string_lossy())),
         ("BASELINE_LISTENER", baseline),
+        ("CLIENT_DOCUMENT", yaml_string(&crate::oidc_provider::gateway_client_document(&opts.filter_config).to_string())),
         ("UPSTREAM_DISCOVERY", if u.is_ip() { "STATIC" } else { "LOGICAL_DNS" }.to_string()),
         ("UPSTREAM_ADDRESS", yaml_string(&u.host)),
         ("UPSTREAM_PORT", u.port.to_string()),

@@ -11,6 +11,8 @@
 //! - [`stack`]: all of the above started together on loopback, for tests and `make run`.
 //! - [`paths`]: where the tools and build outputs are.
 //! - [`tls_front`]: an https upstream with a test CA, for the upstream TLS tests.
+//! - [`oidc_provider`]: the certified `oidc-provider` (npm) as a real OpenID provider, a
+//!   scripted browser that signs in on its pages, and the `scrim` command for login tests.
 
 pub mod idp;
 pub mod keys;
@@ -22,3 +24,4 @@ pub mod stack;
 pub mod tls_front;
 pub mod recorder;
 pub mod fake;
+pub mod oidc_provider;
