@@ -77,3 +77,11 @@ bench: wasm ## run the benchmarks and print their figures (masking natively, in 
 
 clean: ## remove build outputs and installed tools (keeps .scrim state)
 	cargo clean
+
+# The certified OpenID provider the login tests run (tests/oidc, versions pinned by its lock).
+OIDC_PROVIDER := $(TOOLS)/oidc/node_modules/oidc-provider/lib/index.js
+test-tools: $(OIDC_PROVIDER)
+$(OIDC_PROVIDER): tests/oidc/package.json tests/oidc/package-lock.json
+	mkdir -p $(TOOLS)/oidc && cp tests/oidc/package.json tests/oidc/package-lock.json $(TOOLS)/oidc/
+	npm ci --prefix $(TOOLS)/oidc --silent --no-audit --no-fund
+	@touch $(OIDC_PROVIDER)
