@@ -1,7 +1,12 @@
 //! A minimal OIDC identity provider for tests and `make run`: serves the discovery document
-//! and a JWKS, with switches for key rotation and outages. It issues no tokens over HTTP;
-//! tests and developers mint them directly with [`SigningKey::mint`] or [`DevIdentity`].
+//! and a JWKS, with switches for key rotation and outages. Tests and developers mint tokens
+//! directly with [`SigningKey::mint`] or [`DevIdentity`]; browsers (the recorder's console)
+//! sign in with the authorization code flow and PKCE: `/authorize` shows a form where you
+//! type the user and groups (it is a dev IdP: no password), `/token` checks the code, the
+//! client, the redirect URI and the S256 verifier, and answers with tokens signed by the
+//! first published key.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
@@ -11,11 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
 use jsonwebtoken::Algorithm;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -31,6 +36,26 @@ struct IdpState {
     keys: Mutex<Vec<SigningKey>>,
     down: AtomicBool,
     jwks_requests: AtomicUsize,
+    /// `aud` of the access tokens `/token` issues.
+    audience: Mutex<String>,
+    /// Codes handed out by `/authorize` and not yet redeemed.
+    codes: Mutex<HashMap<String, CodeGrant>>,
+}
+
+/// How long an authorization code may wait to be redeemed.
+const CODE_TTL_SECS: u64 = 60;
+/// Lifetime of the tokens `/token` issues.
+const LOGIN_TOKEN_TTL_SECS: u64 = 3600;
+
+/// What a code was issued for.
+#[derive(Clone)]
+struct CodeGrant {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    subject: String,
+    groups: Vec<String>,
+    issued_at: u64,
 }
 
 /// Handle to a running dev identity provider. Clones share the same server.
@@ -56,10 +81,14 @@ impl DevIdp {
             keys: Mutex::new(keys),
             down: AtomicBool::new(false),
             jwks_requests: AtomicUsize::new(0),
+            audience: Mutex::new(crate::stack::DEV_AUDIENCE.to_string()),
+            codes: Mutex::new(HashMap::new()),
         });
         let router = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
+            .route("/authorize", get(authorize_form).post(authorize_submit))
+            .route("/token", post(token))
             .with_state(state.clone());
         let server = Arc::new(Running::spawn(listener, router)?);
         Ok(DevIdp { state, server })
@@ -68,6 +97,11 @@ impl DevIdp {
     /// Replaces the published keys; the next JWKS fetch sees only these.
     pub fn set_keys(&self, keys: Vec<SigningKey>) {
         *lock(&self.state.keys) = keys;
+    }
+
+    /// The `aud` of access tokens issued to browsers (default [`crate::stack::DEV_AUDIENCE`]).
+    pub fn set_audience(&self, audience: &str) {
+        *lock(&self.state.audience) = audience.to_string();
     }
 
     /// The keys currently published.
@@ -105,10 +139,17 @@ impl DevIdp {
 }
 
 async fn discovery(State(state): State<Arc<IdpState>>) -> Json<Value> {
+    let base = state.jwks_uri.trim_end_matches("/jwks");
     Json(json!({
         "issuer": state.issuer,
         "jwks_uri": state.jwks_uri,
-        "response_types_supported": ["id_token"],
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"),
+        "grant_types_supported": ["authorization_code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "scopes_supported": ["openid", "email", "profile"],
+        "response_types_supported": ["code", "id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported":
             ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"],
@@ -124,6 +165,200 @@ async fn jwks(State(state): State<Arc<IdpState>>) -> Response {
     }
     let body = jwks_json(&lock(&state.keys));
     Json(body).into_response()
+}
+
+/// The authorization request's parameters (query of `GET /authorize`, hidden fields of the
+/// form it shows).
+#[derive(Deserialize)]
+struct AuthorizeParams {
+    response_type: Option<String>,
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    state: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    scope: Option<String>,
+    /// Only in the submitted form.
+    user: Option<String>,
+    groups: Option<String>,
+}
+
+/// The checked request: client, where to send the code, the PKCE challenge, the state.
+struct CheckedAuthorize {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    state: String,
+}
+
+fn check_authorize(p: &AuthorizeParams) -> Result<CheckedAuthorize, String> {
+    if p.response_type.as_deref() != Some("code") {
+        return Err("response_type must be `code`".into());
+    }
+    let client_id = p.client_id.clone().filter(|c| !c.is_empty()).ok_or("client_id is required")?;
+    let redirect_uri = p.redirect_uri.clone().unwrap_or_default();
+    if !(redirect_uri.starts_with("http://") || redirect_uri.starts_with("https://")) {
+        return Err("redirect_uri must be an http(s) URL".into());
+    }
+    if p.code_challenge_method.as_deref() != Some("S256") {
+        return Err("PKCE is required: code_challenge_method must be S256".into());
+    }
+    let challenge = p.code_challenge.clone().unwrap_or_default();
+    if challenge.len() != 43 {
+        return Err("code_challenge must be a base64url SHA-256 (43 characters)".into());
+    }
+    Ok(CheckedAuthorize { client_id, redirect_uri, challenge, state: p.state.clone().unwrap_or_default() })
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+fn bad_request(message: &str) -> Response {
+    let body = format!("<!doctype html><title>Dev IdP</title><p>{}</p>", html_escape(message));
+    (StatusCode::BAD_REQUEST, [("content-type", "text/html; charset=utf-8")], body).into_response()
+}
+
+/// The sign-in form: no password, you say who you are and which groups you are in.
+async fn authorize_form(Query(p): Query<AuthorizeParams>) -> Response {
+    if let Err(e) = check_authorize(&p) {
+        return bad_request(&e);
+    }
+    let hidden: String = [
+        ("response_type", &p.response_type),
+        ("client_id", &p.client_id),
+        ("redirect_uri", &p.redirect_uri),
+        ("state", &p.state),
+        ("code_challenge", &p.code_challenge),
+        ("code_challenge_method", &p.code_challenge_method),
+        ("scope", &p.scope),
+    ]
+    .iter()
+    .map(|(k, v)| format!(r#"<input type="hidden" name="{k}" value="{}">"#, html_escape(v.as_deref().unwrap_or(""))))
+    .collect();
+    let body = format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Scrim dev identity provider: sign in</title></head>
+<body><main><h1>Dev identity provider</h1>
+<p>Signing in to <code>{client}</code>. This provider checks no password: type who you are.</p>
+<form method="post" action="/authorize">{hidden}
+<p><label for="user">User (sub)</label> <input id="user" name="user" required autocomplete="username"></p>
+<p><label for="groups">Groups (comma-separated)</label> <input id="groups" name="groups" placeholder="auditors,approvers"></p>
+<p><button type="submit">Sign in</button></p>
+</form></main></body></html>"#,
+        client = html_escape(p.client_id.as_deref().unwrap_or(""))
+    );
+    (
+        [("content-type", "text/html; charset=utf-8"), ("content-security-policy", "default-src 'none'; form-action *")],
+        body,
+    )
+        .into_response()
+}
+
+/// The submitted form: a one-time code for that user, sent back to the client.
+async fn authorize_submit(State(state): State<Arc<IdpState>>, Form(p): Form<AuthorizeParams>) -> Response {
+    let checked = match check_authorize(&p) {
+        Ok(c) => c,
+        Err(e) => return bad_request(&e),
+    };
+    let subject = p.user.clone().map(|u| u.trim().to_string()).unwrap_or_default();
+    if subject.is_empty() {
+        return bad_request("a user is required");
+    }
+    let groups: Vec<String> = p
+        .groups
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let code: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let now = unix_now();
+    {
+        let mut codes = lock(&state.codes);
+        codes.retain(|_, g| now.saturating_sub(g.issued_at) < CODE_TTL_SECS);
+        codes.insert(
+            code.clone(),
+            CodeGrant {
+                client_id: checked.client_id,
+                redirect_uri: checked.redirect_uri.clone(),
+                challenge: checked.challenge,
+                subject,
+                groups,
+                issued_at: now,
+            },
+        );
+    }
+    let sep = if checked.redirect_uri.contains('?') { '&' } else { '?' };
+    let location = format!(
+        "{}{sep}code={code}&state={}",
+        checked.redirect_uri,
+        scrim_recorder::console::oidc::form_encode(&checked.state)
+    );
+    (StatusCode::SEE_OTHER, [("location", location)]).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenParams {
+    grant_type: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    client_id: Option<String>,
+    code_verifier: Option<String>,
+}
+
+fn token_error(error: &str, description: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": error, "error_description": description}))).into_response()
+}
+
+/// Redeems a code once: same client and redirect URI as asked, and a verifier whose S256
+/// digest is the challenge.
+async fn token(State(state): State<Arc<IdpState>>, Form(p): Form<TokenParams>) -> Response {
+    if p.grant_type.as_deref() != Some("authorization_code") {
+        return token_error("unsupported_grant_type", "only authorization_code");
+    }
+    // Taken out whatever happens next: a code is usable once.
+    let Some(grant) = p.code.as_deref().and_then(|c| lock(&state.codes).remove(c)) else {
+        return token_error("invalid_grant", "unknown or used code");
+    };
+    if unix_now().saturating_sub(grant.issued_at) >= CODE_TTL_SECS {
+        return token_error("invalid_grant", "code expired");
+    }
+    if p.client_id.as_deref() != Some(&grant.client_id) || p.redirect_uri.as_deref() != Some(&grant.redirect_uri) {
+        return token_error("invalid_grant", "client_id or redirect_uri differ from the authorization request");
+    }
+    let verifier = p.code_verifier.unwrap_or_default();
+    let verifier_ok = (43..=128).contains(&verifier.len())
+        && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if !verifier_ok || scrim_recorder::console::sessions::pkce_challenge(&verifier) != grant.challenge {
+        return token_error("invalid_grant", "code_verifier does not match the code_challenge");
+    }
+    let Some(key) = lock(&state.keys).first().cloned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "temporarily_unavailable"}))).into_response();
+    };
+    let now = unix_now();
+    let audience = lock(&state.audience).clone();
+    let claims = |aud: &str| {
+        json!({
+            "iss": state.issuer, "aud": aud, "sub": grant.subject,
+            "email": format!("{}@dev.scrim.local", grant.subject), "groups": grant.groups,
+            "iat": now, "nbf": now, "exp": now + LOGIN_TOKEN_TTL_SECS,
+        })
+    };
+    Json(json!({
+        "access_token": key.mint(&claims(&audience)),
+        "id_token": key.mint(&claims(&grant.client_id)),
+        "token_type": "Bearer",
+        "expires_in": LOGIN_TOKEN_TTL_SECS,
+    }))
+    .into_response()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Why the persistent dev identity could not be loaded or created.
@@ -374,6 +609,80 @@ mod tests {
             .expect("json");
         assert_eq!(doc["issuer"], "https://idp.test");
         assert_eq!(doc["jwks_uri"], format!("http://{}/jwks", idp.addr()));
+    }
+
+    #[tokio::test]
+    async fn code_flow_with_pkce_issues_tokens_once_and_only_for_the_right_verifier() {
+        let idp = DevIdp::start(listener().await, "http://idp.test".into(), vec![key(Algorithm::RS256, "k")])
+            .expect("start");
+        let base = format!("http://{}", idp.addr());
+        // The code comes back in a redirect this test reads instead of following.
+        let client = || reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        let query = format!(
+            "response_type=code&client_id=scrim-console&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fcb&state=s%201&code_challenge={challenge}&code_challenge_method=S256"
+        );
+        let form = client().get(format!("{base}/authorize?{query}")).send().await.expect("get");
+        assert_eq!(form.status(), 200);
+        let html = form.text().await.expect("html");
+        assert!(html.contains(r#"<label for="user">"#) && html.contains(r#"<label for="groups">"#), "{html}");
+        let no_pkce = client().get(format!("{base}/authorize?response_type=code&client_id=c&redirect_uri=http://x/")).send().await.expect("get");
+        assert_eq!(no_pkce.status(), 400, "PKCE is required");
+
+        let submit = client()
+            .post(format!("{base}/authorize"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("{query}&user=carol&groups=auditors%2Capprovers"))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(submit.status(), 303);
+        let location = submit.headers()["location"].to_str().expect("location").to_string();
+        assert!(location.starts_with("http://127.0.0.1:1/cb?code=") && location.ends_with("&state=s%201"), "{location}");
+        let code = location.split("code=").nth(1).unwrap().split('&').next().unwrap().to_string();
+        let redeem = |verifier: &str| {
+            client()
+                .post(format!("{base}/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "grant_type=authorization_code&code={code}&client_id=scrim-console&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fcb&code_verifier={verifier}"
+                ))
+                .send()
+        };
+        let wrong = redeem("x".repeat(43).as_str()).await.expect("post");
+        assert_eq!(wrong.status(), 400, "a wrong verifier is refused (and uses up the code)");
+        // A fresh code, redeemed with the right verifier.
+        let submit = client()
+            .post(format!("{base}/authorize"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("{query}&user=carol&groups=auditors%2Capprovers"))
+            .send()
+            .await
+            .expect("post");
+        let location = submit.headers()["location"].to_str().unwrap().to_string();
+        let code2 = location.split("code=").nth(1).unwrap().split('&').next().unwrap().to_string();
+        assert_ne!(code, code2);
+        let code = code2;
+        let redeem = |verifier: &str| {
+            client()
+                .post(format!("{base}/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "grant_type=authorization_code&code={code}&client_id=scrim-console&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fcb&code_verifier={verifier}"
+                ))
+                .send()
+        };
+        let ok: Value = redeem(verifier).await.expect("post").json().await.expect("json");
+        let token = ok["access_token"].as_str().expect("access token");
+        let jwk = jsonwebtoken::jwk::Jwk::from(serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwks_json(&idp.keys())["keys"][0].clone()).unwrap());
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[crate::stack::DEV_AUDIENCE]);
+        let claims = decode::<Value>(token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).expect("verifies").claims;
+        assert_eq!(claims["sub"], "carol");
+        assert_eq!(claims["groups"], json!(["auditors", "approvers"]));
+        let again = redeem(verifier).await.expect("post");
+        assert_eq!(again.status(), 400, "a code is usable once");
     }
 
     #[tokio::test]
