@@ -76,3 +76,18 @@ async fn device_login_gives_a_token_the_gateway_accepts() {
     assert!(ok && status.contains("alice") && status.contains(&provider.issuer), "{status}");
     assert!(!status.contains(token));
 }
+
+/// The client document's route skips the filter, so it must match nothing but its own GET.
+#[tokio::test]
+async fn client_document_route_serves_only_its_exact_get() {
+    let stack = Stack::start(scrim_devstack::stack::StackOptions { name: "login-doc", ..Default::default() }).await.unwrap();
+    let client = reqwest::Client::new();
+    let doc: Value = client.get(stack.url("/.well-known/scrim-client")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["issuer"], stack.issuer, "{doc}");
+    for (method, path) in [("POST", "/.well-known/scrim-client"), ("HEAD", "/.well-known/scrim-client"),
+        ("GET", "/.well-known/scrim-client/v1/messages"), ("GET", "/.well-known/scrim-clientx"), ("GET", "/.WELL-KNOWN/scrim-client")] {
+        let resp = client.request(method.parse().unwrap(), stack.url(path)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{method} {path} goes through the filter");
+    }
+    assert!(stack.stand_in.requests().is_empty());
+}
