@@ -160,7 +160,9 @@ pub(crate) struct Rule {
     /// Capture group index of the secret.
     pub(crate) group: usize,
     pub(crate) entropy: Option<f64>,
-    pub(crate) allowlist: Vec<Regex>,
+    /// The rule's own allowlist, then the shared [`Allow::Gate`] (every rule but multi-line
+    /// ones, whose key blocks hold long runs by nature).
+    pub(crate) allowlist: Vec<Allow>,
     pub(crate) before: usize,
     /// Bytes that may lie between the secret start and the keyword (rules with `before`).
     pub(crate) before_class: Option<Box<[bool; 256]>>,
@@ -573,11 +575,14 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
             return Err(bad("entropy", format!("{e} is outside 0..=8 bits per byte")));
         }
     }
-    let allowlist = raw
+    let mut allowlist = raw
         .allowlist
         .iter()
-        .map(|a| build_regex(a).map_err(|e| bad("allowlist", e.to_string())))
+        .map(|a| build_regex(a).map(Allow::Regex).map_err(|e| bad("allowlist", e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    if !raw.multiline {
+        allowlist.push(Allow::Gate);
+    }
     if raw.multiline && raw.max_len.is_none() {
         return Err(bad("max_len", "a multiline rule must bound its window".into()));
     }
@@ -624,6 +629,81 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, RuleError> {
             .map_err(|e| bad("end_marker", e.to_string()))?,
         open_window_dfa: OnceLock::new(),
     })
+}
+
+/// One reason to leave a candidate secret alone: a regex of the rule's `allowlist`, or the
+/// precision gate every single-line rule shares. The maskers ask `is_match` of each for
+/// every candidate that passed the regex and the entropy floor (mask.rs, step 3).
+#[derive(Debug)]
+pub(crate) enum Allow {
+    Regex(Regex),
+    Gate,
+}
+
+impl Allow {
+    pub(crate) fn is_match(&self, secret: &[u8]) -> bool {
+        match self {
+            Allow::Regex(r) => r.is_match(secret),
+            Allow::Gate => is_placeholder(secret),
+        }
+    }
+}
+
+/// Vendors' documented example credentials: written in their documentation and in code
+/// that copied it, never valid.
+const VENDOR_EXAMPLES: &[&str] = &[
+    "AKIAIOSFODNN7EXAMPLE",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+    "pk_test_TYooMQauvdEDq54NiTphI7jx",
+    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+];
+
+/// Whole-value forms that are references or templates, not literals: `$VAR`, `${VAR}`,
+/// `${{ secrets.X }}`, `{{ .Values.x }}`, `$(cmd)`, `%VAR%`, `@VAR@`, `{0}`, `<your-key>`,
+/// and values holding a placeholder word. Built once per VM.
+fn placeholder_regex() -> &'static Regex {
+    static GATE: OnceLock<Regex> = OnceLock::new();
+    GATE.get_or_init(|| {
+        build_regex(concat!(
+            r#"\A["'`]?(?:"#,
+            r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?",
+            r"|\$\{[^}]*\}|\$\(.*\)|%[A-Za-z_][A-Za-z0-9_]*%|@[A-Za-z_][A-Za-z0-9_]*@|\{\d{0,2}\}",
+            r"|<[^<>]*>|\[[^\[\]]*\]",
+            // Paths and resource names: where a secret is kept, not the secret.
+            r"|/(?:bin|etc|home|opt|tmp|usr|var|run|srv|mnt|data|app|secrets|Users)/[\w ./-]*",
+            r"|arn:aws[\w-]*:[\w./:*-]*|[a-z]{2}(?:-[a-z]+)+-\d:\d{12}:[\w./:*-]*",
+            r"|(?i:true|false|null|nil|none|undefined)",
+            r#")["'`]?\z"#,
+            r"|\{\{|\}\}|\$\{",
+            r"|(?i:example|changeme|change_me|placeholder|redacted|dummy|your[_-]?(?:api|secret|token|key|password|pass|access|client|auth|own)|insert[_-]?your|xxxx)",
+            r"|\*{4,}|#{4,}|\.{4,}",
+        ))
+        .expect("the gate's regex compiles")
+    })
+}
+
+/// The shared precision gate: a value that is a template or reference, holds a placeholder
+/// word (`example`, `changeme`, `xxxx`, `your_api_key`, …), is one of the vendors' documented
+/// example keys, or is mostly (60 %) one repeated character (`NRAK-xxxxxxxx…`), is not a
+/// secret. Real keys are random: none of these happens in one by chance at a rate that
+/// matters (a given 4-byte word in a 40-byte random alphanumeric value: about 1 in 400,000).
+pub fn is_placeholder(secret: &[u8]) -> bool {
+    if VENDOR_EXAMPLES.iter().any(|e| e.as_bytes() == secret) {
+        return true;
+    }
+    if secret.len() >= 8 {
+        let mut counts = [0u16; 256];
+        for &b in secret {
+            counts[b as usize] = counts[b as usize].saturating_add(1);
+        }
+        // Not a run length: some formats hold fixed runs (Dropbox's ten `A`s, Twitter's 22).
+        let most = *counts.iter().max().unwrap_or(&0) as usize;
+        if most * 10 >= secret.len() * 6 {
+            return true;
+        }
+    }
+    placeholder_regex().is_match(secret)
 }
 
 /// Shannon entropy of `bytes` in bits per byte.
