@@ -26,7 +26,7 @@ $(ENVOY): envoy/ENVOY_VERSION
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed Envoy is not $(ENVOY_VERSION)"; exit 1; }
 	@touch $(ENVOY)
 
-test-tools: tools $(CLAUDE) ## also install the Claude Code CLI the end-to-end tests drive (tests/CLAUDE_CODE_VERSION), the wasm test runner and PostgreSQL
+test-tools: tools $(CLAUDE) manifest-tools ## also install the Claude Code CLI the end-to-end tests drive (tests/CLAUDE_CODE_VERSION), the wasm test runner and PostgreSQL
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@v=$$(sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"$$/\1/p;q;}' Cargo.lock); \
 	test -n "$$v" || { echo "no wasm-bindgen in Cargo.lock"; exit 1; }; \
@@ -36,12 +36,34 @@ test-tools: tools $(CLAUDE) ## also install the Claude Code CLI the end-to-end t
 	    cargo install wasm-bindgen-cli --version "$$v" --force --root $(TOOLS)/wasm-bindgen; }
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { apt-get update && apt-get install -y postgresql; }
 
+# Manifest validation (tests/tests/manifests.rs): core Kubernetes schemas from PyPI's
+# kubernetes-validate, Istio's CRD schemas compiled into @kubernetes-models/istio (npm; built
+# from Istio's CRDs), PyYAML to read the manifests. Versions pinned here, recorded in the test.
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+PYYAML_VERSION              := 6.0.3
+ISTIO_MODELS_VERSION        := 3.0.1
+SCHEMAS                     := $(TOOLS)/schemas
+
+.PHONY: manifest-tools
+manifest-tools: $(ENVOY) ## install the manifest validators (kubernetes-validate, Istio CRD schemas) under target/tools
+	@$(VENV)/bin/pip show kubernetes-validate 2>/dev/null | grep -qx "Version: $(KUBERNETES_VALIDATE_VERSION)" && \
+	  $(VENV)/bin/pip show PyYAML 2>/dev/null | grep -qx "Version: $(PYYAML_VERSION)" || \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) PyYAML==$(PYYAML_VERSION)
+	@grep -qs '"version": "$(ISTIO_MODELS_VERSION)"' $(SCHEMAS)/node_modules/@kubernetes-models/istio/package.json || \
+	  npm install --prefix $(SCHEMAS) --silent --no-audit --no-fund --save-exact @kubernetes-models/istio@$(ISTIO_MODELS_VERSION)
+
 $(CLAUDE): tests/CLAUDE_CODE_VERSION
 	npm install --prefix $(TOOLS)/node --silent --no-audit --no-fund @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 	@touch $(CLAUDE)
 
 wasm: tools ## build the filter (wasm32-wasip1, release)
 	cargo build --locked -p scrim-filter --target wasm32-wasip1 --release
+
+OCI_TAG ?= scrim-filter:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+
+.PHONY: oci
+oci: wasm ## write the filter as an OCI image layout (Wasm compat variant) to target/oci/scrim-filter; push it with skopeo/oras/crane
+	python3 envoy/kubernetes/wasm-oci-layout.py $(WASM) target/oci/scrim-filter $(OCI_TAG)
 
 build: wasm ## build the filter and the native binaries
 	cargo build --locked -p scrim-devstack --bins
