@@ -20,7 +20,10 @@
 //! - [`stream_mask`]: masking a text stream pushed in pieces, equal to one-shot masking.
 //! - [`sse`]: incremental server-sent-events framing that keeps each event's exact bytes.
 //! - [`audit`]: the audit record schema shared with the recorder.
-//! - [`anthropic`]: masking whole Messages API request and response bodies.
+//! - [`json_doc`]: strict one-pass reading of a JSON body (no duplicate keys), every leaf located.
+//! - [`inspect`]: closed-world handling of whole bodies: endpoint by canonical path, request
+//!   facts and texts, masking every string of a request or a buffered response.
+//! - [`anthropic`]: JSON string encoding and decoding shared by the body and stream maskers.
 //! - [`anthropic_stream`]: masking a streamed (SSE) Messages API or OpenAI chat response,
 //!   split anywhere.
 
@@ -39,6 +42,8 @@ pub mod sse;
 pub mod transcript;
 pub mod exchange;
 pub mod anthropic;
+pub mod inspect;
+pub mod json_doc;
 pub mod anthropic_stream;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
