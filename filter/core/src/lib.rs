@@ -13,7 +13,8 @@
 //! - [`policy`]: per-group limits (models, `max_tokens`, endpoints), deny and approval rules.
 //! - [`review`]: approvals and grants as the filter sees them (fingerprint, protocol, cache).
 //! - [`transcript`]: what the client saw, rebuilt from the bytes sent, for the audit record.
-//! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
+//! - [`lifecycle`]: one exchange as a sans-IO state machine: host events in, actions out.
+//! - [`errors`]: the Anthropic error shape of a local reply.
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
 //! - [`mask`]: one-shot masking of a text with a `RuleSet`.
 //! - `keywords`: the keyword automaton both maskers scan text with.
@@ -50,3 +51,4 @@ pub mod anthropic_stream;
 pub mod testkit;
 pub mod policy;
 pub mod review;
+pub mod lifecycle;
