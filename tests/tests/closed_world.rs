@@ -73,6 +73,26 @@ fn http1_post(stack: &Stack, path: &str, body: Vec<u8>) -> reqwest::RequestBuild
         .body(body)
 }
 
+/// A POST written to the socket as is; returns the status code.
+async fn raw_http1_post(stack: &Stack, path: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(stack.envoy.gateway).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        stack.token(),
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    // Envoy itself may reset a connection whose path it will not route: that is a refusal too.
+    if tcp.read_to_end(&mut answer).await.is_err() || answer.is_empty() {
+        return 0;
+    }
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
 fn messages(text: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
                                "messages": [{"role": "user", "content": text}]}))
@@ -144,10 +164,10 @@ async fn duplicate_keys_and_path_spellings_are_refused_before_the_upstream() {
     let dup = br#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[],"messages":[{"role":"user","content":"x"}]}"#;
     let resp = http1_post(&stack, "/v1/messages", dup.to_vec()).send().await.unwrap();
     assert_eq!(resp.status(), 400);
+    // Sent byte for byte (an HTTP client library would normalise some of these itself).
     for path in ["/v1//messages", "/v1/./messages", "/v1/x/../messages", "/v1/messages/", "/v1/%6Dessages"] {
-        let resp = http1_post(&stack, path, messages(DENY_HOST)).send().await.unwrap();
-        assert!(resp.status() == 400 || resp.status() == 404, "{path}: {}", resp.status());
-        assert_ne!(resp.status(), 200, "{path}");
+        let status = raw_http1_post(&stack, path, &messages("hi")).await;
+        assert!(status == 400 || status == 0, "{path}: {status}");
     }
     // Another case of the same path is the same handling (the deny rule applies).
     let resp = http1_post(&stack, "/V1/MESSAGES", messages(DENY_HOST)).send().await.unwrap();
