@@ -14,7 +14,7 @@
 //!   successful write to the store ([`crate::store::Store::probe_write`]).
 //! - [`ApiError`] is this boundary's error; its `IntoResponse` is the one place that maps
 //!   errors to statuses and the Anthropic error shape (token errors through the core's
-//!   [`Refusal`], so the gateway and the recorder refuse a token the same way).
+//!   [`Reply`], so the gateway and the recorder refuse a token the same way).
 
 use crate::store::{
     Exchange, ExchangeFilter, QueryLogEntry, SessionSummary, Store, StoreError, UserUsage,
@@ -30,7 +30,7 @@ use axum::{Extension, Json, Router};
 use scrim_core::audit::Decision;
 use scrim_core::auth::{self, AuthError, Verdict};
 use scrim_core::config::{Config, KeySource, TokenSource};
-use scrim_core::errors::{anthropic_error, Refusal};
+use scrim_core::errors::{anthropic_error, Reply};
 use scrim_core::jwks::KeySet;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -109,7 +109,7 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let refusal = match &self {
-            ApiError::Auth(e) => Refusal::from(e),
+            ApiError::Auth(e) => Reply::from(e),
             ApiError::Forbidden(m) => anthropic_error(403, "permission_error", m, false),
             ApiError::BadRequest(m) => anthropic_error(400, "invalid_request_error", m, false),
             ApiError::NotFound(_) => {

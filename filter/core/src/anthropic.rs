@@ -1,27 +1,19 @@
-//! Masking of whole Anthropic Messages API bodies: the request the agent sends (Messages and
-//! count_tokens) and a non-streaming response. Finds the strings that carry conversation text
-//! and masks each one with [`RuleSet::mask`]; everything else passes through untouched.
+//! JSON string encoding and decoding shared by the body and stream maskers, the walker that
+//! rewrites strings of an event in place, and the whole-body entry points (which read bodies
+//! through [`crate::inspect`]: every string of them is masked).
 //!
 //! Output is the input with only the masked strings re-encoded: every other byte (key order,
 //! whitespace, escapes, unknown keys and block types) stays as it was. So the result is
 //! deterministic, prompt caching sees a stable history, and masking the output again changes
 //! nothing (no placeholder matches a rule).
 //!
-//! What is masked in a request: `system` (a string or `text` blocks); each message's
-//! `content`, whatever its role (a string or blocks): `text` blocks, `tool_result` content
-//! (a string or nested blocks, same rules), and every string (keys included) of the `input`
-//! of `tool_use` and `server_tool_use` blocks. In a response: the `content` blocks the same
-//! way, and `thinking` blocks' text under [`ThinkingMode::Mask`].
-//!
-//! Limits: `thinking` blocks sent back in a request are left alone (their signature covers
-//! the text; a thinking block that was masked on the way out no longer matches its
-//! signature, see [`crate::anthropic_stream`]); documents, images, citations and block types
-//! not named above are not inspected.
+//! Output is the input with only the masked strings re-encoded: every other byte (key order,
+//! whitespace, escapes) stays as it was, so the result is deterministic and masking it again
+//! changes nothing (no placeholder matches a rule).
 
 use crate::anthropic_stream::ThinkingMode;
 use crate::rules::RuleSet;
-use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A masked body and what was masked in it.
@@ -51,31 +43,17 @@ impl fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
-/// Masks a Messages API (or count_tokens) request body.
+/// Masks a Messages API (or count_tokens) request body: every string, as
+/// [`crate::inspect::RequestBody`] reads it (duplicate keys and malformed JSON are errors).
 pub fn mask_request(rules: &RuleSet, body: &[u8]) -> Result<MaskedBody, BodyError> {
-    mask_body(rules, body, |v, t| {
-        let system = [P::Key("system".into())];
-        match v.get("system") {
-            Some(Value::String(_)) => {
-                t.exact.insert(system.to_vec());
-            }
-            Some(Value::Array(blocks)) => t.blocks(&system, blocks, ThinkingMode::Pass),
-            _ => {}
-        }
-        if let Some(Value::Array(messages)) = v.get("messages") {
-            for (i, m) in messages.iter().enumerate() {
-                let at = [P::Key("messages".into()), P::Index(i), P::Key("content".into())];
-                t.content(&at, m.get("content"), ThinkingMode::Pass);
-            }
-        }
-    })
+    let read = crate::inspect::RequestBody::read(body, crate::inspect::Endpoint::Messages)
+        .map_err(|e| BodyError::InvalidJson { reason: e.to_string() })?;
+    Ok(read.mask(rules))
 }
 
-/// Masks a non-streaming Messages API response body.
+/// Masks a complete response body of any shape (see [`crate::inspect::mask_response`]).
 pub fn mask_response(rules: &RuleSet, body: &[u8], thinking: ThinkingMode) -> Result<MaskedBody, BodyError> {
-    mask_body(rules, body, |v, t| {
-        t.content(&[P::Key("content".into())], v.get("content"), thinking);
-    })
+    crate::inspect::mask_response(rules, body, thinking).map_err(|e| BodyError::InvalidJson { reason: e.0 })
 }
 
 /// One step of a path into a JSON document.
@@ -83,80 +61,6 @@ pub fn mask_response(rules: &RuleSet, body: &[u8], thinking: ThinkingMode) -> Re
 pub(crate) enum P {
     Key(String),
     Index(usize),
-}
-
-/// Which strings of a document to mask: exact paths, and subtrees whose every string is.
-#[derive(Default)]
-struct Targets {
-    exact: HashSet<Vec<P>>,
-    subtrees: HashSet<Vec<P>>,
-}
-
-impl Targets {
-    fn content(&mut self, at: &[P], content: Option<&Value>, thinking: ThinkingMode) {
-        match content {
-            Some(Value::String(_)) => {
-                self.exact.insert(at.to_vec());
-            }
-            Some(Value::Array(blocks)) => self.blocks(at, blocks, thinking),
-            _ => {}
-        }
-    }
-
-    fn blocks(&mut self, at: &[P], blocks: &[Value], thinking: ThinkingMode) {
-        for (i, b) in blocks.iter().enumerate() {
-            let path = |k: &str| [at, &[P::Index(i), P::Key(k.into())]].concat();
-            match b.get("type").and_then(Value::as_str) {
-                Some("text") => {
-                    self.exact.insert(path("text"));
-                }
-                Some("tool_result") => self.content(&path("content"), b.get("content"), thinking),
-                Some("tool_use" | "server_tool_use") => {
-                    self.subtrees.insert(path("input"));
-                }
-                Some("thinking") if thinking == ThinkingMode::Mask => {
-                    self.exact.insert(path("thinking"));
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Whether the string at `path` is masked; a key is, only inside a masked subtree.
-    fn wants(&self, path: &[P], is_key: bool) -> bool {
-        (!is_key && self.exact.contains(path))
-            || (0..path.len()).any(|n| self.subtrees.contains(&path[..n]))
-    }
-}
-
-fn mask_body(
-    rules: &RuleSet,
-    body: &[u8],
-    find: impl FnOnce(&Value, &mut Targets),
-) -> Result<MaskedBody, BodyError> {
-    let invalid = |reason: String| BodyError::InvalidJson { reason };
-    let text = std::str::from_utf8(body).map_err(|e| invalid(e.to_string()))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-    let mut targets = Targets::default();
-    find(&value, &mut targets);
-    if targets.exact.is_empty() && targets.subtrees.is_empty() {
-        return Ok(MaskedBody { bytes: None, hits: Vec::new() });
-    }
-    let mut tally = Tally::default();
-    let out = rewrite_strings(text, |path, is_key, token| {
-        if !targets.wants(path, is_key) {
-            return Ok(None);
-        }
-        let decoded: String = serde_json::from_str(token).map_err(|e| e.to_string())?;
-        let m = rules.mask(&decoded);
-        if m.hits.is_empty() {
-            return Ok(None);
-        }
-        tally.add(&m.hits);
-        Ok(Some(encode_string(&m.text)))
-    })
-    .map_err(invalid)?;
-    Ok(MaskedBody { bytes: out.map(String::into_bytes), hits: tally.in_order(rules) })
 }
 
 /// Counts of masked items by rule id, merged from several maskers.
@@ -440,7 +344,7 @@ impl<F: FnMut(&[P], bool, &str) -> Result<Option<String>, String>> Walker<'_, F>
 mod tests {
     use super::*;
     use crate::rules::expand_example;
-    use serde_json::json;
+    use serde_json::{json, Value};
     use std::sync::OnceLock;
 
     fn builtin() -> &'static RuleSet {
@@ -524,15 +428,13 @@ mod tests {
         ]}]});
         let out = String::from_utf8(mask_request(builtin(), body.to_string().as_bytes()).unwrap().bytes.unwrap()).unwrap();
         assert!(out.contains(r#"{"map":{"[REDACTED:aws-access-key-id]":"v"}}"#), "{out}");
-        // Outside tool input, keys are structure, not text: left alone.
-        assert!(out.contains(&format!(r#"{{"{}":1}}"#, aws())), "{out}");
+        // Keys anywhere are text too: a secret cannot ride in a field name.
+        assert!(out.contains(r#"{"[REDACTED:aws-access-key-id]":1}"#), "{out}");
     }
 
     #[test]
-    fn unknown_keys_and_block_types_pass_byte_for_byte() {
+    fn unknown_keys_and_block_types_are_masked_too_and_every_other_byte_survives() {
         let secret = aws();
-        // The unknown parts hold a secret on purpose: they must not be looked at, and every
-        // byte around the one masked string (spacing, escapes, key order) must survive.
         let body = format!(
             concat!(
                 "{{ \"zeta\" : \"{s}\",\n  \"model\":\"m\", \"messages\": [ {{\"role\":\"user\",\"content\":[",
@@ -543,8 +445,11 @@ mod tests {
             s = secret
         );
         let out = String::from_utf8(mask_request(builtin(), body.as_bytes()).unwrap().bytes.unwrap()).unwrap();
-        let expected = body.replacen(&format!("\"\\u0041 {secret}\""), "\"A [REDACTED:aws-access-key-id]\"", 1);
-        assert_ne!(expected, body);
+        let placeholder = "[REDACTED:aws-access-key-id]";
+        let expected = body
+            .replace(&format!("\"\\u0041 {secret}\""), &format!("\"A {placeholder}\""))
+            .replace(&format!("\"{secret}\\/\""), &format!("\"{placeholder}/\""))
+            .replace(&format!("\"{secret}\""), &format!("\"{placeholder}\""));
         assert_eq!(out, expected);
     }
 
@@ -573,8 +478,9 @@ mod tests {
     fn invalid_json_is_an_error() {
         for body in [&b"{\"messages\": ["[..], b"", b"\x1f\x8b\x08\x00", b"{\"a\":1} x"] {
             assert!(matches!(mask_request(builtin(), body), Err(BodyError::InvalidJson { .. })), "{body:?}");
-            assert!(mask_response(builtin(), body, ThinkingMode::Mask).is_err());
         }
+        // A response that is not JSON is masked as text; one that is not even UTF-8 is refused.
+        assert!(mask_response(builtin(), b"\x1f\x8b\x08\x00", ThinkingMode::Mask).is_err());
     }
 
     #[test]

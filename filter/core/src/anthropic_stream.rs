@@ -12,8 +12,10 @@
 //! re-serialised with only its text replaced; one whose text is all held back is dropped (no
 //! empty deltas). Held text leaves as one extra delta of the same type and index right
 //! before `content_block_stop`, or before `message_stop` / `error` / the end of the stream.
-//! All other events (`message_start`, `message_delta`, `ping`, `signature_delta`, `error`,
-//! unknown ones) pass byte for byte.
+//! Every other event (`message_start`, `message_delta`, `error`, server tool results,
+//! `citations_delta`, unknown ones) has each of its strings masked whole, except opaque data
+//! (signatures, encrypted search results, redacted thinking); unchanged events pass byte for
+//! byte.
 //!
 //! The OpenAI chat-completions stream shape goes through the same machinery
 //! ([`StreamRewriter::openai_chat`]): per choice, `delta.content` and each tool call's
@@ -28,7 +30,6 @@
 //! A masked thinking block no longer matches its `signature`: a client that sends it back
 //! in a later turn gets a 400 from the API; use [`ThinkingMode::Pass`] where thinking is
 //! shown and must be replayed, or have clients omit thinking (`display: "omitted"`).
-//! Citations and server tool results (web search, code execution) are not inspected.
 //! An event whose data is not JSON, invalid escapes in tool input and a stream that ends
 //! inside an event are errors: the caller must fail closed, and the rewriter then refuses
 //! further input.
@@ -342,10 +343,11 @@ impl StreamRewriter {
                     Some("text_delta") => Kind::Text,
                     Some("thinking_delta") if self.thinking == ThinkingMode::Mask => Kind::Thinking,
                     Some("input_json_delta") => Kind::Json,
-                    _ => {
+                    Some("thinking_delta" | "signature_delta") => {
                         out.extend_from_slice(ev.raw);
                         return Ok(());
                     }
+                    _ => return self.mask_other(ev, data, out),
                 };
                 let index = index()?;
                 let piece = v
@@ -387,7 +389,9 @@ impl StreamRewriter {
                             None => out.extend_from_slice(ev.raw),
                         }
                     }
-                    _ => out.extend_from_slice(ev.raw),
+                    // Thinking passed on as it is, signature and all.
+                    Some("thinking") => out.extend_from_slice(ev.raw),
+                    _ => self.mask_other(ev, data, out)?,
                 }
             }
             Some("content_block_stop") => {
@@ -399,9 +403,44 @@ impl StreamRewriter {
             }
             Some("message_stop" | "error") => {
                 self.flush_all(out);
-                out.extend_from_slice(ev.raw);
+                self.mask_other(ev, data, out)?;
             }
-            _ => out.extend_from_slice(ev.raw),
+            _ => self.mask_other(ev, data, out)?,
+        }
+        Ok(())
+    }
+
+    /// An event that carries no streamed text (message start and delta, errors, server tool
+    /// results, citations, unknown events): every string in it is masked whole, keys
+    /// included, except opaque data that must come back byte for byte (signatures,
+    /// encrypted search results, redacted thinking).
+    fn mask_other(&mut self, ev: &EventRef, data: &str, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        let rules = &self.rules;
+        let tally = &mut self.tally;
+        let redacted = data.contains("\"redacted_thinking\"");
+        let new = rewrite_strings(data, |path, is_key, token| {
+            if !is_key {
+                if let Some(P::Key(k)) = path.last() {
+                    if matches!(k.as_str(), "signature" | "encrypted_content" | "encrypted_index") || (redacted && k == "data") {
+                        return Ok(None);
+                    }
+                }
+            }
+            let mut s = String::new();
+            if !decode_string_token(token, &mut s) {
+                s = serde_json::from_str(token).map_err(|e| e.to_string())?;
+            }
+            let m = rules.mask(&s);
+            if m.hits.is_empty() {
+                return Ok(None);
+            }
+            tally.add(&m.hits);
+            Ok(Some(encode_string(&m.text)))
+        })
+        .map_err(|reason| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason })?;
+        match new {
+            Some(new) => write_event(ev, &new, out),
+            None => out.extend_from_slice(ev.raw),
         }
         Ok(())
     }
@@ -419,10 +458,11 @@ impl StreamRewriter {
                     Some("text_delta") => Kind::Text,
                     Some("thinking_delta") if self.thinking == ThinkingMode::Mask => Kind::Thinking,
                     Some("input_json_delta") => Kind::Json,
-                    _ => {
+                    Some("thinking_delta" | "signature_delta") => {
                         out.extend_from_slice(ev.raw);
                         return Some(Ok(()));
                     }
+                    _ => return Some(self.mask_other(ev, data, out)),
                 };
                 let index = match index() {
                     Ok(index) => index,
@@ -462,9 +502,9 @@ impl StreamRewriter {
             }
             Some("message_stop" | "error") => {
                 self.flush_all(out);
-                out.extend_from_slice(ev.raw);
+                return Some(self.mask_other(ev, data, out));
             }
-            _ => out.extend_from_slice(ev.raw),
+            _ => return Some(self.mask_other(ev, data, out)),
         }
         Some(Ok(()))
     }
@@ -503,8 +543,7 @@ impl StreamRewriter {
         let invalid = |reason: String| StreamError::InvalidEvent { event: ev.event.as_deref().map(str::to_owned), reason };
         let v: Value = serde_json::from_str(data).map_err(|e| invalid(e.to_string()))?;
         let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-            out.extend_from_slice(ev.raw);
-            return Ok(());
+            return self.mask_other(ev, data, out);
         };
         if let Value::Object(top) = &v {
             self.template = top.iter().filter(|(k, _)| *k != "choices" && *k != "usage").map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -551,15 +590,34 @@ impl StreamRewriter {
         out.extend_from_slice(&before);
         let changed: Vec<&(Vec<P>, String)> =
             new.iter().filter(|(path, text)| v.pointer(&pointer(path)).and_then(Value::as_str) != Some(text)).collect();
-        if changed.is_empty() {
-            out.extend_from_slice(ev.raw);
-            return Ok(());
-        }
-        let replaced = rewrite_strings(data, |p, is_key, _| {
-            Ok(changed.iter().find(|(path, _)| !is_key && path == p).map(|(_, text)| encode_string(text)))
+        // Streamed fields get their masker's text; every other string of the chunk (ids,
+        // refusals, reasoning, whatever comes next) is masked whole.
+        let (rules, tally) = (&self.rules, &mut self.tally);
+        let replaced = rewrite_strings(data, |p, is_key, token| {
+            if !is_key {
+                if let Some((_, text)) = changed.iter().find(|(path, _)| path == p) {
+                    return Ok(Some(encode_string(text)));
+                }
+                if new.iter().any(|(path, _)| path == p) {
+                    return Ok(None);
+                }
+            }
+            let mut s = String::new();
+            if !decode_string_token(token, &mut s) {
+                s = serde_json::from_str(token).map_err(|e| e.to_string())?;
+            }
+            let m = rules.mask(&s);
+            if m.hits.is_empty() {
+                return Ok(None);
+            }
+            tally.add(&m.hits);
+            Ok(Some(encode_string(&m.text)))
         })
         .map_err(invalid)?;
-        write_event(ev, replaced.as_deref().unwrap_or(data), out);
+        match replaced {
+            Some(r) => write_event(ev, &r, out),
+            None => out.extend_from_slice(ev.raw),
+        }
         Ok(())
     }
 

@@ -10,24 +10,24 @@ use serde_json::json;
 
 /// A local reply the filter sends instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub struct Reply {
     pub status: u32,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
 }
 
 /// Builds an Anthropic-shaped error reply.
-pub fn anthropic_error(status: u32, error_type: &str, message: &str, retryable: bool) -> Refusal {
+pub fn anthropic_error(status: u32, error_type: &str, message: &str, retryable: bool) -> Reply {
     let body = json!({"type": "error", "error": {"type": error_type, "message": message}});
     let mut headers = vec![("content-type", "application/json".to_string())];
     if !retryable {
         headers.push(("x-should-retry", "false".to_string()));
     }
-    Refusal { status, headers, body: body.to_string() }
+    Reply { status, headers, body: body.to_string() }
 }
 
-impl From<&AuthError> for Refusal {
-    fn from(e: &AuthError) -> Refusal {
+impl From<&AuthError> for Reply {
+    fn from(e: &AuthError) -> Reply {
         let message = e.to_string();
         match e {
             AuthError::KeysUnavailable { .. } => anthropic_error(503, "api_error", &message, true),
@@ -53,13 +53,13 @@ impl From<&AuthError> for Refusal {
 mod tests {
     use super::*;
 
-    fn header<'a>(r: &'a Refusal, name: &str) -> Option<&'a str> {
+    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
         r.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 
     #[test]
     fn refusals_use_the_anthropic_error_shape() {
-        let r = Refusal::from(&AuthError::BadSignature);
+        let r = Reply::from(&AuthError::BadSignature);
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["type"], "error");
         assert_eq!(body["error"]["type"], "authentication_error");
@@ -80,7 +80,7 @@ mod tests {
             (AuthError::NoPermittedGroup { subject: "s".into() }, 403, Some("false")),
         ];
         for (e, status, retry) in cases {
-            let r = Refusal::from(&e);
+            let r = Reply::from(&e);
             assert_eq!(r.status, status, "{e:?}");
             assert_eq!(header(&r, "x-should-retry"), retry, "{e:?}");
         }
@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn forbidden_and_unavailable_use_their_error_types() {
         let t = |e: AuthError| {
-            let v: serde_json::Value = serde_json::from_str(&Refusal::from(&e).body).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&Reply::from(&e).body).unwrap();
             v["error"]["type"].as_str().unwrap().to_string()
         };
         assert_eq!(t(AuthError::NoPermittedGroup { subject: "s".into() }), "permission_error");

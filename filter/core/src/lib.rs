@@ -13,14 +13,18 @@
 //! - [`policy`]: per-group limits (models, `max_tokens`, endpoints), deny and approval rules.
 //! - [`review`]: approvals and grants as the filter sees them (fingerprint, protocol, cache).
 //! - [`transcript`]: what the client saw, rebuilt from the bytes sent, for the audit record.
-//! - [`errors`]: the one place where a refusal becomes an Anthropic-shaped HTTP response.
+//! - [`lifecycle`]: one exchange as a sans-IO state machine: host events in, actions out.
+//! - [`errors`]: the Anthropic error shape of a local reply.
 //! - [`rules`]: secret rules as data (built-in TOML, custom rules) compiled into a `RuleSet`.
 //! - [`mask`]: one-shot masking of a text with a `RuleSet`.
 //! - `keywords`: the keyword automaton both maskers scan text with.
 //! - [`stream_mask`]: masking a text stream pushed in pieces, equal to one-shot masking.
 //! - [`sse`]: incremental server-sent-events framing that keeps each event's exact bytes.
 //! - [`audit`]: the audit record schema shared with the recorder.
-//! - [`anthropic`]: masking whole Messages API request and response bodies.
+//! - [`json_doc`]: strict one-pass reading of a JSON body (no duplicate keys), every leaf located.
+//! - [`inspect`]: closed-world handling of whole bodies: endpoint by canonical path, request
+//!   facts and texts, masking every string of a request or a buffered response.
+//! - [`anthropic`]: JSON string encoding and decoding shared by the body and stream maskers.
 //! - [`anthropic_stream`]: masking a streamed (SSE) Messages API or OpenAI chat response,
 //!   split anywhere.
 
@@ -39,9 +43,12 @@ pub mod sse;
 pub mod transcript;
 pub mod exchange;
 pub mod anthropic;
+pub mod inspect;
+pub mod json_doc;
 pub mod anthropic_stream;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;
 pub mod policy;
 pub mod review;
+pub mod lifecycle;

@@ -2,9 +2,9 @@
 //! rules over what the request would send. Pure: the filter hands in the caller's groups, the
 //! endpoint and the parsed body, and gets back the first rule that refuses it.
 
+use crate::inspect::Ask;
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The policy as written in the `policy` section of the filter configuration.
@@ -192,8 +192,8 @@ pub struct Policy {
 pub struct ApprovalMatch {
     pub rule: String,
     pub message: String,
-    /// The text the rule matched (its first match): the approval covers exactly this.
-    pub matched: String,
+    /// Every distinct text the rule matched, sorted: the approval covers exactly this set.
+    pub matched: Vec<String>,
     /// Up to 120 bytes either side of the match, for approvers (mask it before it leaves).
     pub context: String,
     pub approvals_required: u32,
@@ -244,15 +244,13 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     true
 }
 
-/// Every string the request would send: system prompt and messages, whatever their blocks.
-fn request_texts(body: &Value) -> Vec<&str> {
-    let mut texts = Vec::new();
-    for key in ["system", "messages"] {
-        if let Some(v) = body.get(key) {
-            strings(v, &mut texts);
-        }
-    }
-    texts
+/// What the policy reads of a request body (see [`crate::inspect::RequestBody`]).
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts<'a> {
+    /// Each model request the body makes (one, or one per batch item).
+    pub asks: Vec<Ask>,
+    /// Every text the request would send.
+    pub texts: Vec<&'a str>,
 }
 
 /// The nearest char boundary at or below `i`.
@@ -261,15 +259,6 @@ fn floor_char(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
-}
-
-fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
-    match v {
-        Value::String(s) => out.push(s),
-        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
-        Value::Object(o) => o.values().for_each(|x| strings(x, out)),
-        _ => {}
-    }
 }
 
 impl Policy {
@@ -332,23 +321,29 @@ impl Policy {
         !self.approval.is_empty() || self.grants.enabled
     }
 
-    /// Every approval rule the request matches, in rule order (each needs its own review).
-    pub fn approvals_needed(&self, body: &Value) -> Vec<ApprovalMatch> {
-        if self.approval.is_empty() {
-            return Vec::new();
-        }
-        let texts = request_texts(body);
+    /// Every approval rule the request matches, in rule order (each needs its own review),
+    /// with every distinct text it matched: the review covers exactly that set.
+    pub fn approvals_needed(&self, texts: &[&str]) -> Vec<ApprovalMatch> {
         let mut out = Vec::new();
         for rule in &self.approval {
-            let found = texts.iter().find_map(|t| rule.regex.find(t.as_bytes()).map(|m| (*t, m.start(), m.end())));
-            if let Some((text, start, end)) = found {
-                let from = floor_char(text, start.saturating_sub(120));
-                let to = floor_char(text, (end + 120).min(text.len()));
+            let mut matched = std::collections::BTreeSet::new();
+            let mut context = None;
+            for text in texts {
+                for m in rule.regex.find_iter(text.as_bytes()) {
+                    if context.is_none() {
+                        let from = floor_char(text, m.start().saturating_sub(120));
+                        let to = floor_char(text, (m.end() + 120).min(text.len()));
+                        context = Some(text[from..to].to_string());
+                    }
+                    matched.insert(String::from_utf8_lossy(m.as_bytes()).into_owned());
+                }
+            }
+            if let Some(context) = context {
                 out.push(ApprovalMatch {
                     rule: rule.id.clone(),
                     message: rule.message.clone(),
-                    matched: String::from_utf8_lossy(&text.as_bytes()[start..end]).into_owned(),
-                    context: text[from..to].to_string(),
+                    matched: matched.into_iter().collect(),
+                    context,
                     approvals_required: rule.approvals_required,
                     ttl_seconds: rule.ttl_seconds,
                 });
@@ -357,13 +352,11 @@ impl Policy {
         out
     }
 
-    /// The first rule the request breaks, if any. `body` is the parsed JSON request, when
-    /// the request has one.
-    pub fn check(&self, groups: &[String], endpoint: &str, body: Option<&Value>) -> Result<(), Violation> {
+    /// The first rule the request breaks, if any. `body` is what the request body says,
+    /// when the request has one.
+    pub fn check(&self, groups: &[String], endpoint: &str, body: Option<&RequestFacts>) -> Result<(), Violation> {
         let own: Vec<&Limits> = groups.iter().filter_map(|g| self.groups.get(g)).collect();
         let applicable: Vec<&Limits> = if own.is_empty() { self.default.iter().collect() } else { own };
-        let model = body.and_then(|b| b.get("model")).and_then(Value::as_str);
-        let max_tokens = body.and_then(|b| b.get("max_tokens")).and_then(Value::as_u64);
 
         let endpoint_ok = |l: &&Limits| l.endpoints.as_ref().is_none_or(|e| e.iter().any(|p| p == endpoint));
         if !applicable.iter().any(endpoint_ok) {
@@ -372,6 +365,23 @@ impl Policy {
                 message: format!("your groups may not call {endpoint}"),
             });
         }
+        for ask in body.map(|b| b.asks.as_slice()).unwrap_or_default() {
+            self.check_ask(&applicable, endpoint, ask)?;
+        }
+        if let (Some(body), false) = (body, self.deny.is_empty()) {
+            for rule in &self.deny {
+                if body.texts.iter().any(|t| rule.regex.is_match(t.as_bytes())) {
+                    return Err(Violation { rule: rule.id.clone(), message: rule.message.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One model request against the limits: any applicable group may allow it.
+    fn check_ask(&self, applicable: &[&Limits], endpoint: &str, ask: &Ask) -> Result<(), Violation> {
+        let endpoint_ok = |l: &&Limits| l.endpoints.as_ref().is_none_or(|e| e.iter().any(|p| p == endpoint));
+        let (model, max_tokens) = (ask.model.as_deref(), ask.max_tokens);
         if let Some(model) = model {
             let model_ok = |l: &&Limits| l.models.as_ref().is_none_or(|m| m.iter().any(|p| glob_match(p, model)));
             if !applicable.iter().filter(|l| endpoint_ok(l)).any(model_ok) {
@@ -396,14 +406,6 @@ impl Policy {
                 });
             }
         }
-        if let (Some(body), false) = (body, self.deny.is_empty()) {
-            let texts = request_texts(body);
-            for rule in &self.deny {
-                if texts.iter().any(|t| rule.regex.is_match(t.as_bytes())) {
-                    return Err(Violation { rule: rule.id.clone(), message: rule.message.clone() });
-                }
-            }
-        }
         Ok(())
     }
 }
@@ -411,7 +413,8 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::inspect::{Endpoint, RequestBody};
+    use serde_json::{json, Value};
 
     fn policy() -> Policy {
         let raw: RawPolicy = serde_json::from_value(json!({
@@ -432,46 +435,58 @@ mod tests {
         json!({"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": text}]}]})
     }
 
+    /// `Policy::check` on a Messages request body, read the way the filter reads it.
+    fn check(p: &Policy, groups: &[String], endpoint: &str, body: Value) -> Result<(), Violation> {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let read = RequestBody::read(&bytes, Endpoint::Messages).unwrap();
+        p.check(groups, endpoint, Some(&read.facts()))
+    }
+
+    fn approvals(p: &Policy, body: Value) -> Vec<ApprovalMatch> {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let read = RequestBody::read(&bytes, Endpoint::Messages).unwrap();
+        p.approvals_needed(&read.facts().texts)
+    }
+
     fn g(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
     fn allowed_model_within_the_cap_passes() {
-        assert_eq!(policy().check(&g(&["eng"]), "/v1/messages", Some(&body("claude-sonnet-4-5", 8192, "hi"))), Ok(()));
+        assert_eq!(check(&policy(), &g(&["eng"]), "/v1/messages", body("claude-sonnet-4-5", 8192, "hi")), Ok(()));
     }
 
     #[test]
     fn model_outside_the_groups_patterns_is_refused() {
-        let v = policy().check(&g(&["eng"]), "/v1/messages", Some(&body("claude-opus-4-1", 100, "hi"))).unwrap_err();
+        let v = check(&policy(), &g(&["eng"]), "/v1/messages", body("claude-opus-4-1", 100, "hi")).unwrap_err();
         assert_eq!(v.rule, "model");
     }
 
     #[test]
     fn max_tokens_above_the_cap_is_refused_and_any_group_may_allow() {
         let p = policy();
-        let v = p.check(&g(&["eng"]), "/v1/messages", Some(&body("claude-sonnet-4-5", 8193, "hi"))).unwrap_err();
+        let v = check(&p, &g(&["eng"]), "/v1/messages", body("claude-sonnet-4-5", 8193, "hi")).unwrap_err();
         assert_eq!(v.rule, "max_tokens");
-        assert_eq!(p.check(&g(&["eng", "research"]), "/v1/messages", Some(&body("claude-opus-4-1", 30000, "hi"))), Ok(()));
+        assert_eq!(check(&p, &g(&["eng", "research"]), "/v1/messages", body("claude-opus-4-1", 30000, "hi")), Ok(()));
     }
 
     #[test]
     fn endpoint_outside_the_list_is_refused() {
-        let v = policy().check(&g(&["research"]), "/v1/messages/count_tokens", Some(&body("claude-opus-4-1", 1, "hi"))).unwrap_err();
+        let v = check(&policy(), &g(&["research"]), "/v1/messages/count_tokens", body("claude-opus-4-1", 1, "hi")).unwrap_err();
         assert_eq!(v.rule, "endpoint");
     }
 
     #[test]
     fn unlisted_groups_get_the_default() {
         let p = policy();
-        assert_eq!(p.check(&g(&["sales"]), "/v1/messages", Some(&body("claude-haiku-4-5", 1024, "hi"))), Ok(()));
-        assert_eq!(p.check(&g(&[]), "/v1/messages", Some(&body("claude-sonnet-4-5", 10, "hi"))).unwrap_err().rule, "model");
+        assert_eq!(check(&p, &g(&["sales"]), "/v1/messages", body("claude-haiku-4-5", 1024, "hi")), Ok(()));
+        assert_eq!(check(&p, &g(&[]), "/v1/messages", body("claude-sonnet-4-5", 10, "hi")).unwrap_err().rule, "model");
     }
 
     #[test]
     fn deny_rule_matching_a_tool_result_blocks_the_request() {
-        let v = policy()
-            .check(&g(&["eng"]), "/v1/messages", Some(&body("claude-sonnet-4-5", 10, "ssh db1.prod.example.com")))
+        let v = check(&policy(), &g(&["eng"]), "/v1/messages", body("claude-sonnet-4-5", 10, "ssh db1.prod.example.com"))
             .unwrap_err();
         assert_eq!(v, Violation { rule: "prod-hosts".into(), message: "production hostnames must not leave the company".into() });
     }
@@ -479,7 +494,7 @@ mod tests {
     #[test]
     fn empty_policy_allows_everything() {
         let p = Policy::compile(RawPolicy::default()).unwrap();
-        assert_eq!(p.check(&g(&[]), "/anything", Some(&body("any", u64::MAX, "x.prod.example.com"))), Ok(()));
+        assert_eq!(check(&p, &g(&[]), "/anything", body("any", u64::MAX, "x.prod.example.com")), Ok(()));
     }
 
     #[test]
@@ -501,19 +516,47 @@ mod tests {
         .unwrap();
         let p = Policy::compile(raw).unwrap();
         assert!(p.uses_recorder());
-        let needed = p.approvals_needed(&body("m", 1, "please look at CUST-123456 and DROP TABLE users"));
+        let needed = approvals(&p, body("m", 1, "please look at CUST-123456 and DROP TABLE users"));
         assert_eq!(needed.len(), 2);
         assert_eq!(needed[0].rule, "customer-data");
-        assert_eq!(needed[0].matched, "CUST-123456");
+        assert_eq!(needed[0].matched, ["CUST-123456"]);
         assert_eq!(needed[0].approvals_required, 2);
         assert_eq!(needed[0].ttl_seconds, 8 * 3600);
         assert!(needed[0].context.contains("please look at CUST-123456"));
-        assert_eq!(needed[1].matched, "DROP TABLE");
-        assert!(p.approvals_needed(&body("m", 1, "nothing to see")).is_empty());
+        assert_eq!(needed[1].matched, ["DROP TABLE"]);
+        assert!(approvals(&p, body("m", 1, "nothing to see")).is_empty());
         // Context is cut on character boundaries, never inside a multi-byte character.
         let wide = format!("{}CUST-000001{}", "é".repeat(200), "ü".repeat(200));
-        let m = &p.approvals_needed(&body("m", 1, &wide))[0];
+        let m = &approvals(&p, body("m", 1, &wide))[0];
         assert!(m.context.len() <= 120 * 2 + 11 && m.context.contains("CUST-000001"));
+    }
+
+    // Regression: an approval bound only the first match, so once one host was approved any
+    // other host matching the same rule passed in that session.
+    #[test]
+    fn an_approval_covers_every_distinct_match_of_its_rule() {
+        let raw: RawPolicy =
+            serde_json::from_value(json!({"approval": [{"id": "prod", "message": "m", "regex": "[a-z0-9]+\\.prod\\.example"}]})).unwrap();
+        let p = Policy::compile(raw).unwrap();
+        let one = approvals(&p, body("m", 1, "ssh db1.prod.example"));
+        let two = approvals(&p, body("m", 1, "ssh db1.prod.example then db2.prod.example and db1.prod.example"));
+        assert_eq!(one[0].matched, ["db1.prod.example"]);
+        assert_eq!(two[0].matched, ["db1.prod.example", "db2.prod.example"]);
+    }
+
+    #[test]
+    fn deny_and_limits_read_every_field_and_every_batch_request() {
+        let p = policy();
+        let tools = json!({"model": "claude-sonnet-4-5", "max_tokens": 1, "messages": [],
+            "tools": [{"name": "t", "description": "deploys to db1.prod.example.com", "input_schema": {}}]});
+        assert_eq!(check(&p, &g(&["eng"]), "/v1/messages", tools).unwrap_err().rule, "prod-hosts");
+        let batch = json!({"requests": [
+            {"custom_id": "a", "params": {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}},
+            {"custom_id": "b", "params": {"model": "claude-opus-4-1", "max_tokens": 10, "messages": []}}
+        ]});
+        let bytes = serde_json::to_vec(&batch).unwrap();
+        let read = RequestBody::read(&bytes, Endpoint::CreateBatch).unwrap();
+        assert_eq!(p.check(&g(&["eng"]), "/v1/messages/batches", Some(&read.facts())).unwrap_err().rule, "model");
     }
 
     #[test]

@@ -6,29 +6,8 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use scrim_core::auth::AuthError;
+use scrim_core::lifecycle::Outcome;
 use std::collections::HashMap;
-
-/// What happened to a request, for `scrim.requests.<decision>`.
-#[derive(Debug, Clone, Copy)]
-pub enum Decision {
-    Allowed,
-    Unauthenticated,
-    Forbidden,
-    Unavailable,
-    Denied,
-}
-
-impl Decision {
-    fn name(self) -> &'static str {
-        match self {
-            Decision::Allowed => "allowed",
-            Decision::Unauthenticated => "unauthenticated",
-            Decision::Forbidden => "forbidden",
-            Decision::Unavailable => "unavailable",
-            Decision::Denied => "denied",
-        }
-    }
-}
 
 const REVIEW_OUTCOMES: [&str; 4] = ["approved", "pending", "rejected", "unavailable"];
 
@@ -40,16 +19,7 @@ pub struct Metrics {
 impl Metrics {
     /// Defines every counter up front so all of them show in `/stats` from the start, at 0.
     pub fn define() -> Metrics {
-        let mut names: Vec<String> = [
-            Decision::Allowed,
-            Decision::Unauthenticated,
-            Decision::Forbidden,
-            Decision::Unavailable,
-            Decision::Denied,
-        ]
-        .iter()
-        .map(|d| format!("scrim.requests.{}", d.name()))
-        .collect();
+        let mut names: Vec<String> = Outcome::ALL.iter().map(|d| format!("scrim.requests.{}", d.name())).collect();
         names.extend(AuthError::REASONS.iter().map(|r| format!("scrim.jwt_failures.{r}")));
         names.extend(["scrim.jwks.refresh_ok", "scrim.jwks.refresh_failed"].map(String::from));
         names.extend(["scrim.token_cache.hit", "scrim.token_cache.miss"].map(String::from));
@@ -82,12 +52,12 @@ impl Metrics {
         self.add(if request { "scrim.masked.request" } else { "scrim.masked.response" }, n);
     }
 
-    pub fn decision(&self, d: Decision) {
+    pub fn decision(&self, d: Outcome) {
         self.bump(&format!("scrim.requests.{}", d.name()));
     }
 
-    pub fn jwt_failure(&self, e: &AuthError) {
-        self.bump(&format!("scrim.jwt_failures.{}", e.reason()));
+    pub fn jwt_failure(&self, reason: &str) {
+        self.bump(&format!("scrim.jwt_failures.{reason}"));
     }
 
     pub fn jwks_refresh(&self, ok: bool) {

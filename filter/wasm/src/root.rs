@@ -6,36 +6,19 @@ use crate::metrics::Metrics;
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use scrim_core::auth::TokenCache;
-use scrim_core::config::{Config, JwksEndpoint, KeySource, RawAudit};
+use scrim_core::config::{Config, KeySource};
 use scrim_core::credential::ServiceKey;
-use scrim_core::exchange::SessionTracker;
 use scrim_core::jwks::KeySet;
-use scrim_core::keystore::KeyStore;
-use scrim_core::review::GrantCache;
+use scrim_core::lifecycle::{read_jwks, recorder_answered, recorder_check, scheduled_jwks_call, Answer, Call, Gateway, MAX_JWKS_BYTES};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A JWKS larger than this is refused: no real provider publishes megabytes of keys.
-const MAX_JWKS_BYTES: usize = 1024 * 1024;
-
 /// Everything a request needs, owned by the root context and shared (one VM is one thread).
 pub struct Shared {
-    pub config: Config,
-    pub service_key: ServiceKey,
-    pub keys: KeyStore,
-    pub cache: TokenCache,
-    pub sessions: SessionTracker,
+    pub gateway: Gateway,
     pub metrics: Metrics,
-    /// Whether the recorder answered its last probe (only probed with `audit.required`).
-    pub recorder_up: bool,
-    /// What the recorder's review and grant routes expect from the gateway (only with
-    /// approval rules or grants).
-    pub recorder_token: Option<String>,
-    /// Grant answers per caller.
-    pub grants: GrantCache,
 }
 
 pub type SharedRef = Rc<RefCell<Shared>>;
@@ -58,65 +41,16 @@ pub fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Starts a JWKS fetch through the issuer's cluster; the response arrives in the caller's
-/// `on_http_call_response`.
-pub fn dispatch_jwks_fetch(
-    ctx: &dyn Context,
-    endpoint: &JwksEndpoint,
-    timeout_ms: u64,
-) -> Result<u32, proxy_wasm::types::Status> {
-    ctx.dispatch_http_call(
-        &endpoint.cluster,
-        vec![
-            (":method", "GET"),
-            (":path", &endpoint.path),
-            (":authority", &endpoint.authority),
-            (":scheme", &endpoint.scheme),
-            ("accept", "application/json"),
-        ],
-        None,
-        vec![],
-        Duration::from_millis(timeout_ms),
-    )
+fn dispatch(ctx: &dyn Context, call: &Call) -> Result<u32, proxy_wasm::types::Status> {
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ctx.dispatch_http_call(&call.cluster, headers, call.body.as_deref(), vec![], Duration::from_millis(call.timeout_ms))
 }
 
-/// Asks the recorder's listener whether it is there: any HTTP answer means it is up; a connect
-/// failure or timeout comes back from Envoy as 503 or 504 (see [`recorder_answered`]).
-pub fn dispatch_recorder_check(ctx: &dyn Context, audit: &RawAudit) -> Result<u32, proxy_wasm::types::Status> {
-    ctx.dispatch_http_call(
-        &audit.recorder_cluster,
-        vec![(":method", "GET"), (":path", "/healthz"), (":authority", "scrim-recorder")],
-        None,
-        vec![],
-        Duration::from_millis(audit.health_interval_ms.max(200)),
-    )
-}
-
-/// Whether a finished [`dispatch_recorder_check`] reached the recorder.
-pub fn recorder_answered(ctx: &dyn Context) -> bool {
-    let status = ctx.get_http_call_response_header(":status").unwrap_or_default();
-    !status.is_empty() && !status.starts_with('5')
-}
-
-/// Reads a finished JWKS call; `None` (with a log line saying why) when it is unusable.
-pub fn read_jwks_response(ctx: &dyn Context, issuer: &str, body_size: usize) -> Option<KeySet> {
-    let status = ctx.get_http_call_response_header(":status").unwrap_or_default();
-    if status != "200" {
-        warn!("jwks fetch for `{issuer}` failed: status {status}");
-        return None;
-    }
-    if body_size > MAX_JWKS_BYTES {
-        warn!("jwks fetch for `{issuer}` failed: document of {body_size} bytes is too large");
-        return None;
-    }
-    let body = ctx.get_http_call_response_body(0, body_size).unwrap_or_default();
-    match KeySet::parse(&body) {
-        Ok(set) => Some(set),
-        Err(e) => {
-            warn!("jwks fetch for `{issuer}` failed: {e}");
-            None
-        }
-    }
+/// Key sets are kept in Envoy's process-wide shared data as well, so that a VM that starts
+/// later (a new worker, or one Envoy reloaded after a crash) serves at once instead of
+/// refusing requests until its own first fetch completes.
+fn shared_keys_name(issuer: &str) -> String {
+    format!("scrim.jwks.{issuer}")
 }
 
 impl ScrimRoot {
@@ -125,20 +59,39 @@ impl ScrimRoot {
     fn probe_recorder(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
         let s = shared.borrow();
+        let config = &s.gateway.config;
         let now_ms = millis(self.get_current_time());
-        if !s.config.audit.required
+        if !config.audit.required
             || self.probe.is_some()
-            || now_ms.saturating_sub(self.last_probe_ms) < s.config.audit.health_interval_ms
+            || now_ms.saturating_sub(self.last_probe_ms) < config.audit.health_interval_ms
         {
             return;
         }
         self.last_probe_ms = now_ms;
-        match dispatch_recorder_check(self, &s.config.audit) {
+        match dispatch(self, &recorder_check(config)) {
             Ok(call) => self.probe = Some(call),
             Err(status) => {
                 drop(s);
                 error!("cannot probe the recorder: {status:?}");
-                shared.borrow_mut().recorder_up = false;
+                shared.borrow_mut().gateway.recorder_up = false;
+            }
+        }
+    }
+
+    /// Takes key sets another VM already fetched.
+    fn adopt_shared_keys(&mut self, gw: &mut Gateway) {
+        let now = seconds(self.get_current_time());
+        for i in 0..gw.config.issuers.len() {
+            if !matches!(gw.config.issuers[i].keys, KeySource::Remote(_)) {
+                continue;
+            }
+            let name = shared_keys_name(&gw.config.issuers[i].issuer);
+            // The host call, not the SDK's wrapper, which panics on an unexpected status.
+            let Ok((Some(bytes), _)) = proxy_wasm::hostcalls::get_shared_data(&name) else { continue };
+            if let Ok(set) = KeySet::parse(&bytes) {
+                info!("jwks of `{}` taken from shared data: {} keys", gw.config.issuers[i].issuer, set.len());
+                gw.keys.fetch_started(i, now);
+                gw.keys.fetch_finished(i, true, Some(set), now);
             }
         }
     }
@@ -147,22 +100,20 @@ impl ScrimRoot {
         let Some(shared) = self.shared.clone() else { return };
         let now = seconds(self.get_current_time());
         let mut s = shared.borrow_mut();
-        for i in s.keys.due_fetches(&s.config, now) {
-            let KeySource::Remote(endpoint) = &s.config.issuers[i].keys else { continue };
-            match dispatch_jwks_fetch(self, endpoint, s.config.jwks.fetch_timeout_ms) {
+        let Shared { gateway: gw, metrics } = &mut *s;
+        for i in gw.keys.due_fetches(&gw.config, now) {
+            let Some(call) = scheduled_jwks_call(&gw.config, i) else { continue };
+            match dispatch(self, &call) {
                 Ok(token) => {
                     self.fetches.insert(token, i);
-                    s.keys.fetch_started(i, now);
+                    gw.keys.fetch_started(i, now);
                 }
                 Err(status) => {
                     // Usually an unknown cluster name: a deployment error worth shouting about.
-                    error!(
-                        "cannot fetch jwks of `{}` through cluster `{}`: {status:?}",
-                        s.config.issuers[i].issuer, endpoint.cluster
-                    );
-                    s.keys.fetch_started(i, now);
-                    s.keys.fetch_finished(i, true, None, now);
-                    s.metrics.jwks_refresh(false);
+                    error!("cannot fetch jwks of `{}` through cluster `{}`: {status:?}", gw.config.issuers[i].issuer, call.cluster);
+                    gw.keys.fetch_started(i, now);
+                    gw.keys.fetch_finished(i, true, None, now);
+                    metrics.jwks_refresh(false);
                 }
             }
         }
@@ -171,15 +122,16 @@ impl ScrimRoot {
 
 impl Context for ScrimRoot {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
         if self.probe == Some(token) {
             self.probe = None;
-            let up = recorder_answered(self);
+            let up = recorder_answered(Answer { status: &status, body: &[] });
             if let Some(shared) = &self.shared {
                 let mut s = shared.borrow_mut();
-                if s.recorder_up != up {
+                if s.gateway.recorder_up != up {
                     warn!("recorder is {}", if up { "back" } else { "unreachable: refusing new exchanges" });
                 }
-                s.recorder_up = up;
+                s.gateway.recorder_up = up;
             }
             return;
         }
@@ -187,14 +139,22 @@ impl Context for ScrimRoot {
             return;
         };
         let now = seconds(self.get_current_time());
+        let body = if body_size <= MAX_JWKS_BYTES { self.get_http_call_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
+        let answer = Answer { status: &status, body: &body };
         let mut s = shared.borrow_mut();
-        let issuer = s.config.issuers[i].issuer.clone();
-        let result = read_jwks_response(self, &issuer, body_size);
-        s.metrics.jwks_refresh(result.is_some());
-        if let Some(set) = &result {
-            info!("jwks of `{issuer}` loaded: {} keys ({} skipped)", set.len(), set.skipped);
+        let issuer = s.gateway.config.issuers[i].issuer.clone();
+        let result = if body_size > MAX_JWKS_BYTES { Err(format!("document of {body_size} bytes is too large")) } else { read_jwks(answer) };
+        s.metrics.jwks_refresh(result.is_ok());
+        match &result {
+            Ok(set) => {
+                info!("jwks of `{issuer}` loaded: {} keys ({} skipped)", set.len(), set.skipped);
+                if let Err(e) = proxy_wasm::hostcalls::set_shared_data(&shared_keys_name(&issuer), Some(&body), None) {
+                    warn!("jwks of `{issuer}` not shared with other VMs: {e:?}");
+                }
+            }
+            Err(why) => warn!("jwks fetch for `{issuer}` failed: {why}"),
         }
-        s.keys.fetch_finished(i, true, result, now);
+        s.gateway.keys.fetch_finished(i, true, result.ok(), now);
     }
 }
 
@@ -239,22 +199,10 @@ impl RootContext for ScrimRoot {
             self.get_current_time().duration_since(started).map(|d| d.as_millis()).unwrap_or(0),
             config.masking.rules.len()
         );
-        let keys = KeyStore::new(&config);
-        let cache = TokenCache::new(config.token_cache_entries);
-        let metrics = Metrics::define();
-        let sessions = SessionTracker::new(config.audit.session_idle_seconds * 1000, 10_000);
         let tick = Duration::from_millis(if config.audit.required { config.audit.health_interval_ms.min(1000) } else { 1000 });
-        self.shared = Some(Rc::new(RefCell::new(Shared {
-            config,
-            service_key,
-            keys,
-            cache,
-            sessions,
-            metrics,
-            recorder_up: false,
-            recorder_token,
-            grants: GrantCache::default(),
-        })));
+        let mut gateway = Gateway::new(config, service_key, recorder_token);
+        self.adopt_shared_keys(&mut gateway);
+        self.shared = Some(Rc::new(RefCell::new(Shared { gateway, metrics: Metrics::define() })));
         // The first tick fires one period after start: fetch and probe now as well.
         self.start_due_fetches();
         self.probe_recorder();
